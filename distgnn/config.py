@@ -1,0 +1,211 @@
+"""The training configuration: a pydantic v2 schema for the YAML files in ``configs/``.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored option.
+Errors name the file and the dotted field (``configs/x.yaml: train.lr: Input should be greater
+than 0``). ``--set a.b=v`` overrides are parsed as YAML scalars, merged into the file's mapping and
+validated together with it, so an override gets exactly the same checks as the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distgnn.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    partitions: str = Field(description="partition directory written by 'distgnn partition create'")
+
+
+class ModelConfig(_Strict):
+    dim: int = Field(64, gt=0, description="ID embedding size (layer 0)")
+    layers: int = Field(2, ge=0, description="number of GATConv layers (0 = matrix factorisation)")
+    heads: int = Field(2, gt=0)
+    hidden: int = Field(64, gt=0, description="output size of each attention head")
+    head_merge: Literal["mean", "concat"] = "mean"
+    activation: Literal["none", "elu", "relu"] = "none"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="feature dropout inside GATConv")
+    attn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    residual: bool = False
+    transform: Literal["learned", "identity_init", "identity"] = Field(
+        "identity_init", description="GATConv's linear map: xavier-initialised, identity-initialised, "
+                                     "or frozen identity (no feature transform, LightGCN-style)")
+    attn_init: Literal["xavier", "zero"] = Field(
+        "zero", description="zero = uniform attention at the start (then learned)")
+    edge_norm: Literal["none", "sym"] = Field(
+        "sym", description="sym: multiply attention by sqrt(deg_dst/deg_src), which with uniform "
+                           "attention equals LightGCN's 1/sqrt(deg_src*deg_dst)")
+    layer_combine: Literal["last", "mean"] = Field(
+        "mean", description="mean: average the embeddings of layers 0..L (LightGCN)")
+    bias: bool = False
+
+    @property
+    def out_dim(self) -> int:
+        return self.hidden * (self.heads if self.head_merge == "concat" else 1)
+
+    @model_validator(mode="after")
+    def _check_dims(self) -> "ModelConfig":
+        if self.layers > 0 and self.layer_combine == "mean" and self.out_dim != self.dim:
+            raise ValueError(
+                f"layer_combine 'mean' needs every layer's output size ({self.out_dim}) to equal dim "
+                f"({self.dim}); set hidden to {self.dim if self.head_merge == 'mean' else 'dim/heads'}")
+        if self.transform == "identity" and self.hidden != self.dim:
+            raise ValueError(f"transform 'identity' needs hidden == dim (got {self.hidden} and {self.dim})")
+        if self.layers > 1 and self.transform == "identity" and self.out_dim != self.dim:
+            raise ValueError("transform 'identity' needs head_merge 'mean' when layers > 1")
+        return self
+
+
+class EmbeddingConfig(_Strict):
+    optimizer: Literal["adagrad", "adam"] = "adam"
+    lr: float = Field(0.01, gt=0)
+    init_std: float = Field(0.1, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0, description="stop after this many steps in total")
+    batch_size: int = Field(2048, gt=0, description="positive interactions per minibatch")
+    fanouts: list[int] = Field(default_factory=lambda: [10, 10],
+                               description="neighbours sampled per layer, input layer first; -1 = all")
+    num_negatives: int = Field(1, gt=0, description="negatives per positive")
+    popularity_negatives: float = Field(0.0, ge=0.0, le=1.0,
+                                        description="fraction of negatives drawn by item popularity")
+    popularity_alpha: float = Field(0.75, ge=0.0, description="negatives drawn with p ~ degree^alpha")
+    loss: Literal["bpr", "bce"] = "bpr"
+    l2: float = Field(1e-4, ge=0.0, description="L2 on the layer-0 embeddings of the batch")
+    dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the GAT weights")
+    seed: int = 0
+    threads: int = Field(2, gt=0)
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    log_every: int = Field(50, gt=0, description="steps between metrics.jsonl records")
+    eval_every: int = Field(1, ge=0, description="epochs between validation runs (0 = never)")
+    patience: int = Field(3, ge=0, description="validations without Recall@K improvement before "
+                                               "stopping (0 = no early stopping)")
+    keep_checkpoints: int = Field(2, gt=0, description="latest checkpoints kept (plus the best)")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check_fanouts(self) -> "TrainConfig":
+        for f in self.fanouts:
+            if f == 0 or f < -1:
+                raise ValueError(f"fanouts must be positive or -1 (all neighbours), got {f}")
+        return self
+
+
+class EvalConfig(_Strict):
+    k: int = Field(20, gt=0)
+    split: Literal["valid", "test"] = Field(
+        "valid", description="held-out split used for validation/early stopping during training")
+    user_batch: int = Field(1024, gt=0, description="users scored at once (bounds ranking memory)")
+    node_batch: int = Field(16384, gt=0, description="nodes per block in layer-wise inference")
+
+
+class Config(_Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> "Config":
+        if len(self.train.fanouts) != self.model.layers:
+            raise ValueError(f"train.fanouts has {len(self.train.fanouts)} entries but model.layers "
+                             f"is {self.model.layers}; give one fanout per layer")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see configs/demo.yaml for the schema)"
+    extra = f" (and {len(exc.errors()) - 1} more error(s))" if len(exc.errors()) > 1 else ""
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{extra}"
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise UserError(f"--set {override!r}: expected the form a.b=value, e.g. train.lr=0.01")
+    path, raw = override.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise UserError(f"--set {override!r}: empty key in dotted path {path!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {override!r}: {k} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                partitions: str | None = None) -> Config:
+    """Read, override and validate a config; every problem is one UserError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; see configs/demo.yaml for an example")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}; fix the syntax")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections (data, model, ...)")
+    for ov in overrides or []:
+        _apply_override(data, ov)
+    if partitions is not None:
+        data.setdefault("data", {})
+        if not isinstance(data["data"], dict):
+            raise UserError(f"{path}: data must be a mapping")
+        data["data"]["partitions"] = partitions
+    source = str(path) + (" (with --set overrides)" if overrides else "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_error(source, exc)) from None
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_error(source, exc)) from None
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml: it is not a run directory written by "
+                        f"'distgnn train --out {run_dir}'")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise UserError(f"{path}: not valid YAML; the run directory is damaged, re-run training")
+    return config_from_dict(data or {}, str(path))

@@ -1,0 +1,188 @@
+"""Embedding store: learnable ID embeddings with their sparse optimizer state, addressed by gid.
+
+Interface (``EmbeddingStore``), the same one a Ray parameter-server shard will implement:
+
+- ``pull(gids) -> Tensor[n, dim]``: a detached copy of the rows;
+- ``push(gids, grads)``: gradients for those rows; duplicates are summed, then one optimizer step
+  (row-wise Adagrad or Adam) is applied to the touched rows only; untouched rows and their
+  optimizer state do not change;
+- ``state_dict()/load_state_dict()``: plain tensors;
+- ``save(path, id_maps)/load(path, id_maps)``: Parquet files keyed by orig id (not gid), holding the
+  rows and their optimizer state, so a checkpoint survives re-partitioning and never needs pickle.
+
+The optimizers are the sparse ("lazy") variants: Adam keeps a per-row step count for its bias
+correction, so a row's update depends only on the gradients that row has received.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from distgnn.errors import UserError
+
+OPTIMIZERS = ("adagrad", "adam")
+
+
+class EmbeddingStore(ABC):
+    num_rows: int
+    dim: int
+
+    @abstractmethod
+    def pull(self, gids: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def push(self, gids: torch.Tensor, grads: torch.Tensor, unique: bool = False) -> None: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def save(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None: ...
+
+    @abstractmethod
+    def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None: ...
+
+
+def _fixed_list(arr: np.ndarray) -> pa.Array:
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def _from_fixed_list(col: pa.ChunkedArray, dim: int) -> np.ndarray:
+    arr = col.combine_chunks()
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+class LocalEmbeddingStore(EmbeddingStore):
+    """All rows in one process: weights and optimizer state as dense [num_rows, dim] tensors."""
+
+    def __init__(self, num_rows: int, dim: int, optimizer: str = "adam", lr: float = 0.01,
+                 init_std: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, seed: int = 0, device: str | torch.device = "cpu"):
+        if optimizer not in OPTIMIZERS:
+            raise UserError(f"embedding optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        self.num_rows, self.dim = int(num_rows), int(dim)
+        self.optimizer, self.lr, self.betas, self.eps = optimizer, float(lr), tuple(betas), float(eps)
+        self.device = torch.device(device)
+        gen = torch.Generator().manual_seed(seed)
+        self.weight = (torch.randn(self.num_rows, self.dim, generator=gen) * init_std).to(self.device)
+        if optimizer == "adam":
+            self.exp_avg = torch.zeros_like(self.weight)
+            self.exp_avg_sq = torch.zeros_like(self.weight)
+            self.step = torch.zeros(self.num_rows, dtype=torch.int64, device=self.device)
+        else:
+            self.sum_sq = torch.zeros_like(self.weight)
+
+    # --- pull / push ----------------------------------------------------------------------
+    def pull(self, gids: torch.Tensor) -> torch.Tensor:
+        return self.weight.index_select(0, gids.to(self.device))
+
+    def push(self, gids: torch.Tensor, grads: torch.Tensor, unique: bool = False) -> None:
+        """Sum the gradients per row (unless the caller guarantees ``unique``), then step."""
+        gids = gids.to(self.device)
+        grads = grads.to(self.device, torch.float32)
+        if not unique:
+            gids, inverse = torch.unique(gids, return_inverse=True)
+            summed = torch.zeros(len(gids), self.dim, device=self.device, dtype=grads.dtype)
+            summed.index_add_(0, inverse, grads)
+            grads = summed
+        if self.optimizer == "adam":
+            self._adam(gids, grads)
+        else:
+            self._adagrad(gids, grads)
+
+    def _adam(self, rows: torch.Tensor, g: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        step = self.step.index_select(0, rows) + 1
+        self.step.index_copy_(0, rows, step)
+        m = self.exp_avg.index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
+        v = self.exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.exp_avg.index_copy_(0, rows, m)
+        self.exp_avg_sq.index_copy_(0, rows, v)
+        t = step.to(g.dtype).unsqueeze(1)
+        bias1 = 1 - b1 ** t
+        bias2 = 1 - b2 ** t
+        update = (m / bias1) / ((v / bias2).sqrt_().add_(self.eps))
+        self.weight.index_add_(0, rows, update, alpha=-self.lr)
+
+    def _adagrad(self, rows: torch.Tensor, g: torch.Tensor) -> None:
+        s = self.sum_sq.index_select(0, rows).addcmul_(g, g)
+        self.sum_sq.index_copy_(0, rows, s)
+        self.weight.index_add_(0, rows, g / (s.sqrt().add_(self.eps)), alpha=-self.lr)
+
+    # --- state ----------------------------------------------------------------------------
+    def _state_names(self) -> list[str]:
+        return ["weight", "exp_avg", "exp_avg_sq", "step"] if self.optimizer == "adam" else ["weight", "sum_sq"]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).clone() for name in self._state_names()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = self._state_names()
+        if sorted(state) != sorted(names):
+            raise UserError(f"embedding state has {sorted(state)}, expected {sorted(names)} "
+                            f"(optimizer {self.optimizer}); the checkpoint is from another config")
+        for name in names:
+            cur = getattr(self, name)
+            if state[name].shape != cur.shape:
+                raise UserError(f"embedding state {name} has shape {tuple(state[name].shape)}, expected "
+                                f"{tuple(cur.shape)}; the checkpoint is from another config or data")
+            cur.copy_(state[name].to(cur.device))
+
+    # --- save / load in orig-id space -----------------------------------------------------
+    def save(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
+        """One Parquet file per node type: orig_id, then one column per state tensor."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"optimizer": self.optimizer, "dim": self.dim}
+        for ntype, (gids, orig) in id_maps.items():
+            rows = torch.from_numpy(np.asarray(gids, dtype=np.int64)).to(self.device)
+            cols = {"orig_id": orig}
+            for name in self._state_names():
+                t = getattr(self, name).index_select(0, rows).cpu().numpy()
+                cols[name] = pa.array(t) if t.ndim == 1 else _fixed_list(t)
+            table = pa.table(cols).replace_schema_metadata({"distgnn": json.dumps(meta)})
+            pq.write_table(table, path / f"{ntype}.parquet")
+
+    def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
+        import pandas as pd
+
+        path = Path(path)
+        for ntype, (gids, orig) in id_maps.items():
+            f = path / f"{ntype}.parquet"
+            try:
+                table = pq.read_table(f)
+            except (OSError, pa.ArrowException) as exc:
+                raise UserError(f"cannot read checkpoint embeddings {f}: {exc}")
+            meta = json.loads((table.schema.metadata or {}).get(b"distgnn", b"{}"))
+            if meta.get("optimizer") != self.optimizer or meta.get("dim") != self.dim:
+                raise UserError(f"{f} holds {meta.get('optimizer')} embeddings of dim {meta.get('dim')}, "
+                                f"but the config asks for {self.optimizer} with dim {self.dim}; "
+                                f"use a matching config or train a new run")
+            ck_orig = table.column("orig_id").combine_chunks()
+            if ck_orig.type != orig.type:
+                raise UserError(f"{f}: orig ids are {ck_orig.type} but the partitions use {orig.type}; "
+                                f"the checkpoint belongs to other data")
+            pos = pd.Index(ck_orig.to_numpy(zero_copy_only=False)).get_indexer(
+                orig.to_numpy(zero_copy_only=False))
+            if (pos < 0).any():
+                raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
+                                f"no row in the checkpoint; it belongs to other data")
+            rows = torch.from_numpy(np.asarray(gids, dtype=np.int64)).to(self.device)
+            take = torch.from_numpy(pos)
+            for name in self._state_names():
+                col = table.column(name)
+                if name == "step":
+                    vals = torch.from_numpy(col.to_numpy().astype(np.int64))
+                else:
+                    vals = torch.from_numpy(_from_fixed_list(col, self.dim).copy())
+                getattr(self, name).index_copy_(0, rows, vals[take].to(self.device))

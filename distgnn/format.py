@@ -1,0 +1,172 @@
+"""The on-disk partition format, version 1, in code.
+
+``docs/format.md`` is the prose specification; this module is the only code that knows file names,
+column names and dtypes, and ``tests/test_format_spec.py`` checks the two agree. Writers
+(``partition.dispatch``) and readers (graph store, evaluation, export) both go through here, so a
+format change is one edit plus a version bump.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distgnn.errors import UserError
+
+FORMAT_NAME = "distgnn-partitions"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+NTYPES = ("user", "item")
+USER, ITEM = 0, 1
+
+# Parquet schemas. `None` for the orig_id type: it is int64 or string, as in the input.
+ID_MAP_COLUMNS = {"orig_id": None, "gid": pa.int64()}
+NODES_COLUMNS = {"gid": pa.int64(), "ntype": pa.int8(), "owned": pa.bool_()}
+EDGES_COLUMNS = {"src_gid": pa.int64(), "dst_gid": pa.int64()}
+TARGETS_COLUMNS = {"user_gid": pa.int64(), "item_gid": pa.int64()}
+TS_COLUMN = ("ts", pa.int64())  # optional in edges and targets
+HELDOUT_SPLITS = ("valid", "test")
+
+
+def part_dir(part_id: int) -> str:
+    return f"part-{part_id:05d}"
+
+
+def id_map_path(ntype: str) -> str:
+    return f"id_map/{ntype}.parquet"
+
+
+def nodes_path(part_id: int) -> str:
+    return f"{part_dir(part_id)}/nodes.parquet"
+
+
+def edges_path(part_id: int) -> str:
+    return f"{part_dir(part_id)}/edges.parquet"
+
+
+def targets_path(split: str) -> str:
+    return f"targets/{split}.parquet"
+
+
+def schema_for(columns: dict[str, pa.DataType | None], with_ts: bool = False,
+               orig_type: pa.DataType | None = None) -> pa.Schema:
+    fields = [pa.field(name, typ if typ is not None else orig_type, nullable=False)
+              for name, typ in columns.items()]
+    if with_ts:
+        fields.append(pa.field(TS_COLUMN[0], TS_COLUMN[1], nullable=False))
+    return pa.schema(fields)
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PartitionBook:
+    """gid -> (partition, node type) in O(num_parts) memory, from the manifest's gid ranges.
+
+    Because every partition owns one contiguous gid range (users first, then items), looking up
+    the owner of a batch of gids is one ``searchsorted`` over ``num_parts`` boundaries.
+    """
+
+    gid_start: np.ndarray       # [P] int64
+    item_gid_start: np.ndarray  # [P] int64
+    gid_end: np.ndarray         # [P] int64
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> "PartitionBook":
+        parts = manifest["parts"]
+        return cls(
+            gid_start=np.array([p["gid_start"] for p in parts], dtype=np.int64),
+            item_gid_start=np.array([p["item_gid_start"] for p in parts], dtype=np.int64),
+            gid_end=np.array([p["gid_end"] for p in parts], dtype=np.int64),
+        )
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.gid_start)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.gid_end[-1]) if len(self.gid_end) else 0
+
+    def part_of(self, gid: np.ndarray) -> np.ndarray:
+        """Owning partition of each gid."""
+        return (np.searchsorted(self.gid_end, gid, side="right")).astype(np.int64)
+
+    def ntype_of(self, gid: np.ndarray) -> np.ndarray:
+        """0 (user) or 1 (item) for each gid."""
+        part = self.part_of(gid)
+        return (gid >= self.item_gid_start[part]).astype(np.int8)
+
+    def user_gids(self) -> np.ndarray:
+        return np.concatenate([np.arange(s, e, dtype=np.int64)
+                               for s, e in zip(self.gid_start, self.item_gid_start)])
+
+    def item_gids(self) -> np.ndarray:
+        return np.concatenate([np.arange(s, e, dtype=np.int64)
+                               for s, e in zip(self.item_gid_start, self.gid_end)])
+
+
+def load_manifest(root: str | Path) -> dict[str, Any]:
+    """Read and sanity-check ``manifest.json``; a clear UserError if this is not a partition dir."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"partition directory {root} does not exist; create it with "
+                        f"'distgnn partition create ... --out {root}'")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{root} has no {MANIFEST}: it is not a complete partition directory "
+                        f"(an interrupted 'distgnn partition create'?); re-run create")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); re-run 'distgnn partition create'")
+    if manifest.get("format") != FORMAT_NAME:
+        raise UserError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: format_version {manifest.get('format_version')} is not supported "
+                        f"by this distgnn (reads version {FORMAT_VERSION}); re-partition the input")
+    return manifest
+
+
+def read_table(root: str | Path, relpath: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file of a partition directory, turning IO/format errors into UserError."""
+    path = Path(root) / relpath
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
+
+
+def read_column(root: str | Path, relpath: str, column: str) -> np.ndarray:
+    return read_table(root, relpath, [column]).column(column).to_numpy()
+
+
+def read_part_edges(root: str | Path, part_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(src_gid, dst_gid) of one partition, sorted by dst_gid."""
+    t = read_table(root, edges_path(part_id), ["src_gid", "dst_gid"])
+    return t.column("src_gid").to_numpy(), t.column("dst_gid").to_numpy()
+
+
+def read_part_nodes(root: str | Path, part_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gid, owned) of one partition in lid order."""
+    t = read_table(root, nodes_path(part_id), ["gid", "owned"])
+    return t.column("gid").to_numpy(), t.column("owned").to_numpy(zero_copy_only=False)
+
+
+def read_targets(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(user_gid, item_gid) of a held-out split."""
+    t = read_table(root, targets_path(split), ["user_gid", "item_gid"])
+    return t.column("user_gid").to_numpy(), t.column("item_gid").to_numpy()
