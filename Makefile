@@ -18,8 +18,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The main job on generated data: generate -> partition -> report -> verify.
 demo: $(STAMP)
-	bash scripts/demo.sh $(DEMO_DIR)
+	$(BIN)/distgnn gen --interactions 200000 --communities 8 --seed 0 --out $(DEMO_DIR)/data --overwrite
+	$(BIN)/distgnn partition create --train $(DEMO_DIR)/data/train --test $(DEMO_DIR)/data/test \
+		--num-parts 2 --method metis --out $(DEMO_DIR)/parts --overwrite
+	$(BIN)/distgnn partition verify $(DEMO_DIR)/parts --train $(DEMO_DIR)/data/train
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -21,6 +21,9 @@ EXIT_USER_ERROR = 2
 COMMAND_MODULES = [
     "distgnn.gen",
     "partition.cli",
+    "distgnn.commands.train",
+    "distgnn.commands.evaluate",
+    "distgnn.commands.recommend",
     "distgnn.bench",
 ]
 

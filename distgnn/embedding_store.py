@@ -145,7 +145,7 @@ class LocalEmbeddingStore(EmbeddingStore):
         path.mkdir(parents=True, exist_ok=True)
         meta = {"optimizer": self.optimizer, "dim": self.dim}
         for ntype, (gids, orig) in id_maps.items():
-            rows = torch.from_numpy(np.asarray(gids, dtype=np.int64)).to(self.device)
+            rows = torch.from_numpy(np.array(gids, dtype=np.int64)).to(self.device)
             cols = {"orig_id": orig}
             for name in self._state_names():
                 t = getattr(self, name).index_select(0, rows).cpu().numpy()
@@ -177,7 +177,7 @@ class LocalEmbeddingStore(EmbeddingStore):
             if (pos < 0).any():
                 raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
                                 f"no row in the checkpoint; it belongs to other data")
-            rows = torch.from_numpy(np.asarray(gids, dtype=np.int64)).to(self.device)
+            rows = torch.from_numpy(np.array(gids, dtype=np.int64)).to(self.device)
             take = torch.from_numpy(pos)
             for name in self._state_names():
                 col = table.column(name)

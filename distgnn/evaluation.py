@@ -124,10 +124,13 @@ def ranking_metrics(top_items: torch.Tensor, test_indptr: torch.Tensor, test_ite
     if n == 0:
         return {f"{m}@{k}": 0.0 for m in ("recall", "ndcg", "precision", "hit_rate", "mrr",
                                           "coverage", "novelty")} | {"num_users": 0}
-    rows, cols = _rows_of(test_indptr, test_items, users)
-    truth = torch.zeros(n, num_items, dtype=torch.bool)
-    truth[rows, cols] = True
-    hits = truth.gather(1, top).to(torch.float64)                      # [n, k]
+    hits = torch.empty(n, k, dtype=torch.float64)                      # [n, k]
+    chunk = max(1, (1 << 26) // max(num_items, 1))                      # bounded: ~64 MB of bools
+    for i in range(0, n, chunk):
+        rows, cols = _rows_of(test_indptr, test_items, users[i:i + chunk])
+        truth = torch.zeros(len(users[i:i + chunk]), num_items, dtype=torch.bool)
+        truth[rows, cols] = True
+        hits[i:i + chunk] = truth.gather(1, top[i:i + chunk]).to(torch.float64)
     num_true = (test_indptr[users + 1] - test_indptr[users]).to(torch.float64)
     discount = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2)
     dcg = (hits * discount).sum(1)
@@ -164,8 +167,8 @@ class Evaluator:
         self.item_degree = torch.bincount(self.ids.item_index(i), minlength=self.num_items)
         self.split = split
         tu, ti = fmt.read_targets(graph.root, split)
-        tu_idx = self.ids.user_index(torch.from_numpy(tu))
-        self.test_indptr, self.test_items = csr_by_user(tu_idx, self.ids.item_index(torch.from_numpy(ti)),
+        tu_idx = self.ids.user_index(torch.from_numpy(np.array(tu)))
+        self.test_indptr, self.test_items = csr_by_user(tu_idx, self.ids.item_index(torch.from_numpy(np.array(ti))),
                                                         self.num_users)
         self.eval_users = torch.nonzero(self.test_indptr[1:] > self.test_indptr[:-1]).flatten()
 

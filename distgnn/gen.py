@@ -223,11 +223,12 @@ def _plan(interactions: Any, users: Any, items: Any, communities: Any, seed: Any
     if p < 1:
         room = min(room, (i - m_hi) / (1.0 - p))
     max_degree = max(1, int(0.5 * room))
-    if n > u * max_degree / 2:
+    max_mean = max(1, max_degree // 2)
+    if n > u * max_mean:
         raise UserError(
-            f"{n:,} interactions over {u:,} users is {n / u:,.1f} per user, but with {i:,} items "
-            f"in {c:,} communities a user can have only about {max_degree:,} distinct items; "
-            f"pass more --users or --items, or fewer --communities or --interactions")
+            f"{n:,} interactions over {u:,} users is {n / u:,.1f} per user, too dense for {i:,} "
+            f"items in {c:,} communities (at most about {max_mean:,} per user); pass more "
+            f"--users or --items, or fewer --communities or --interactions")
     base = 1 if n >= u else 0
     rest = n - base * u
     ratio = _solve_activity_ratio(rest / u, 0.8 * max_degree - base, alpha)
@@ -434,7 +435,8 @@ class _PartWriter:
             return
         arrays = [pa.array(np.concatenate([b[k] for b in self.buf]), type=pa.int64())
                   for k in range(len(self.schema))]
-        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema),
+                                row_group_size=self.buffered)
         self.rows += self.buffered
         self.buf, self.buffered = [], 0
 
@@ -507,6 +509,10 @@ def generate(out_dir: str | os.PathLike, interactions: int, users: int | None = 
     total_weight = acc
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    created = out.parent                          # topmost directory this run will create
+    while not created.parent.exists():
+        created = created.parent
+    created = None if created.exists() else created
     stats = dict(train=0, test=0, active_users=0, test_users=0, in_community=0)
     n_chunks = -(-plan.num_blocks // blocks_per_chunk)
     try:
@@ -554,12 +560,11 @@ def generate(out_dir: str | os.PathLike, interactions: int, users: int | None = 
                            "columns": ["user_id", "item_id"] + (["ts"] if plan.timestamps else [])}}
         (tmp / GEN_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         _install(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}; free some space or choose "
-                        f"another --out") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(created or tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {out}: {exc.strerror or exc}; free some space or "
+                            f"choose another --out") from None
         raise
     counts = dict(counts, out=str(out), seconds=time.perf_counter() - t0)
     return counts

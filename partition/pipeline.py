@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from distgnn import __version__
@@ -93,6 +94,7 @@ def create(opts: CreateOptions) -> dict[str, Any]:
         with tqdm(total=total_rows, desc="ingest", unit="rows", unit_scale=True, disable=hide,
                   file=sys.stderr) as bar:
             inter = ingest.ingest_train(spec, progress=bar)
+        pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed scan buffers otherwise
     num_nodes = inter.num_users + inter.num_items
     if opts.num_parts > num_nodes:
         raise UserError(f"--num-parts {opts.num_parts} is larger than the number of nodes ({num_nodes}); "

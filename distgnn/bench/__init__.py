@@ -9,6 +9,7 @@ import importlib
 
 BENCH_MODULES = [
     "distgnn.bench.partition",
+    "distgnn.bench.train",
 ]
 
 

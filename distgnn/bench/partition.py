@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
             gen_dir = work / f"gen-{args.interactions}-s{args.seed}"
             if not (gen_dir / "train").is_dir():
-                generate(str(gen_dir), interactions=args.interactions, seed=args.seed)
+                generate(str(gen_dir), interactions=args.interactions, seed=args.seed, test_fraction=0.0)
             train = str(gen_dir / "train")
         results = {"ours": _child("ours", train, str(work / "ours"), args.num_parts, args.timeout)}
         if not args.skip_dgl:

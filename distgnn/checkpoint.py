@@ -1,0 +1,134 @@
+"""Checkpoints: one directory per checkpoint, committed by a marker file written last.
+
+```
+RUN/checkpoints/step-000001234/
+    meta.json             format, epoch/step position, counters, the full resolved config
+    dense.pt              {"model", "optimizer", "rng"}: plain tensors/containers only, loaded with
+                          torch.load(weights_only=True) (no arbitrary unpickling)
+    embeddings/user.parquet, embeddings/item.parquet
+                          orig_id + embedding rows + sparse optimizer state, keyed by orig id
+    COMMITTED             written last: a directory without it is ignored
+RUN/checkpoints/best.json {"checkpoint": "step-...", "metric", "value"} (atomic replace)
+```
+The directory is built under a hidden temporary name, the marker is written inside it, and it is
+renamed into place; older checkpoints beyond ``keep`` are pruned (the best one is kept).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgnn.errors import UserError
+
+FORMAT = "distgnn-checkpoint"
+VERSION = 1
+MARKER = "COMMITTED"
+
+
+def ckpt_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def committed(run_dir: str | Path) -> list[Path]:
+    root = ckpt_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and p.name.startswith("step-") and (p / MARKER).is_file())
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    c = committed(run_dir)
+    return c[-1] if c else None
+
+
+def best(run_dir: str | Path) -> Path | None:
+    f = ckpt_root(run_dir) / "best.json"
+    if f.is_file():
+        try:
+            name = json.loads(f.read_text())["checkpoint"]
+        except (ValueError, KeyError):
+            return None
+        p = ckpt_root(run_dir) / name
+        if (p / MARKER).is_file():
+            return p
+    return None
+
+
+def for_inference(run_dir: str | Path) -> Path:
+    """The checkpoint evaluate/recommend use: the best one if validation ran, else the latest."""
+    p = best(run_dir) or latest(run_dir)
+    if p is None:
+        raise UserError(f"{run_dir} has no committed checkpoint; train first with "
+                        f"'distgnn train --config CFG --out {run_dir}'")
+    return p
+
+
+def write(run_dir: str | Path, global_step: int, meta: dict[str, Any], dense: dict[str, Any],
+          save_embeddings, keep: int) -> Path:
+    root = ckpt_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{global_step:09d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    torch.save(dense, tmp / "dense.pt")
+    save_embeddings(tmp / "embeddings")
+    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2))
+    (tmp / MARKER).write_text(name + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    prune(run_dir, keep)
+    return final
+
+
+def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float) -> None:
+    f = ckpt_root(run_dir) / "best.json"
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"checkpoint": ckpt.name, "metric": metric, "value": value}))
+    os.replace(tmp, f)
+
+
+def prune(run_dir: str | Path, keep: int) -> None:
+    keep_best = best(run_dir)
+    for p in committed(run_dir)[:-keep]:
+        if keep_best is None or p.name != keep_best.name:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {ckpt} has no readable meta.json ({exc}); it is damaged")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise UserError(f"checkpoint {ckpt} is {meta.get('format')} v{meta.get('version')}, "
+                        f"this distgnn reads {FORMAT} v{VERSION}")
+    return meta
+
+
+def read_dense(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        return torch.load(ckpt / "dense.pt", map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+        raise UserError(f"cannot load {ckpt / 'dense.pt'} ({type(exc).__name__}); the checkpoint is "
+                        f"damaged or not a distgnn checkpoint")
+
+
+def check_compatible(ckpt: Path, saved_cfg: dict, cfg_dict: dict) -> None:
+    """The checkpoint's model and embedding settings must equal the config's."""
+    for section, keys in (("model", None), ("embedding", ("optimizer",))):
+        a, b = saved_cfg.get(section, {}), cfg_dict.get(section, {})
+        for key in (keys or sorted(set(a) | set(b))):
+            if a.get(key) != b.get(key):
+                raise UserError(f"checkpoint {ckpt} was written with {section}.{key}={a.get(key)!r} but "
+                                f"the config has {section}.{key}={b.get(key)!r}; use the run's own "
+                                f"config.yaml or start a new run with another --out")

@@ -1,0 +1,326 @@
+"""Trainer: the minibatch loop over the graph store, sampler, embedding store and model.
+
+One step: sample (minibatch, negatives, L-hop blocks, edge weights) -> gather (pull layer-0
+embeddings of the input nodes) -> forward (GAT, scores, BPR/BCE + L2 on the batch's layer-0
+embeddings) -> backward -> optimizer (push the input embeddings' gradients to the embedding store,
+Adam step on the dense weights). Each stage is timed.
+
+The run directory holds ``config.yaml`` (resolved config), ``metrics.jsonl`` (one ``train``
+record per ``log_every`` steps with loss, edges/s and the stage split; one ``valid`` record per
+validation) and ``checkpoints/`` (see ``distgnn.checkpoint``), written at the end of every epoch
+and when training stops. Validation runs every ``eval_every`` epochs on ``eval.split``; training
+stops early after ``patience`` validations without a better Recall@K.
+
+The graph store, sampler and embedding store are passed in through interfaces, so the Ray
+implementations (next issue) plug in without changing this loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from distgnn import checkpoint as ckpt
+from distgnn import format as fmt
+from distgnn.config import Config
+from distgnn.errors import UserError
+
+STAGES = ("sample", "gather", "forward", "backward", "optimizer")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but no CUDA device is available; use cpu or auto")
+    return dev
+
+
+def load_id_maps(root: str | Path) -> dict[str, tuple[np.ndarray, pa.Array]]:
+    """ntype -> (gids ascending, orig ids) from the partition directory."""
+    out = {}
+    for ntype in fmt.NTYPES:
+        t = fmt.read_table(root, fmt.id_map_path(ntype))
+        out[ntype] = (t.column("gid").to_numpy(), t.column("orig_id").combine_chunks())
+    return out
+
+
+@dataclass
+class Parts:
+    """The pieces of a training job, built from a config."""
+
+    cfg: Config
+    device: torch.device
+    graph: Any
+    emb: Any
+    model: Any
+    id_maps: dict = field(default_factory=dict)
+
+
+def build(cfg: Config, graph=None, backend: str = "local") -> Parts:
+    """Graph store + embedding store + model for ``cfg`` (local backend)."""
+    from distgnn.embedding_store import LocalEmbeddingStore
+    from distgnn.graph_store import LocalGraphStore
+    from distgnn.model import GATRec
+
+    if backend != "local":
+        raise UserError(f"backend {backend!r} is not available yet; use --backend local")
+    torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    graph = graph or LocalGraphStore(cfg.data.partitions)
+    torch.manual_seed(cfg.train.seed)
+    emb = LocalEmbeddingStore(graph.num_nodes, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
+                              cfg.embedding.init_std, cfg.embedding.betas, cfg.embedding.eps,
+                              seed=cfg.train.seed, device=device)
+    model = GATRec(cfg.model).to(device)
+    return Parts(cfg, device, graph, emb, model, load_id_maps(graph.root))
+
+
+def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Parts, Path]:
+    """Model and embeddings of the run's best (else latest) checkpoint."""
+    parts = build(cfg, graph)
+    path = ckpt.for_inference(run_dir)
+    meta = ckpt.read_meta(path)
+    ckpt.check_compatible(path, meta["config"], cfg.model_dump(mode="json"))
+    dense = ckpt.read_dense(path, parts.device)
+    parts.model.load_state_dict(dense["model"])
+    parts.emb.load(path / "embeddings", parts.id_maps)
+    return parts, path
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, graph=None, backend: str = "local"):
+        from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.p = build(cfg, graph, backend)
+        g = self.p.graph
+        item_gids = torch.from_numpy(g.book.item_gids())
+        self.negatives = NegativeSampler(item_gids, g.degrees(item_gids), cfg.train.num_negatives,
+                                         cfg.train.popularity_negatives, cfg.train.popularity_alpha)
+        self.sampler = EdgeMinibatchSampler(g, cfg.train.fanouts, cfg.train.batch_size, self.negatives,
+                                            cfg.train.seed)
+        params = [q for q in self.p.model.parameters() if q.requires_grad]
+        self.dense_opt = torch.optim.Adam(params, lr=cfg.train.dense_lr) if params else None
+        from distgnn.model import LOSSES
+        self.loss_fn = LOSSES[cfg.train.loss]
+        self.use_norm = cfg.model.edge_norm == "sym" and cfg.model.layers > 0
+        # counters (restored on resume)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.train_seconds = 0.0
+        self.best_value: float | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self._evaluator = None
+
+    # --- one step -------------------------------------------------------------------------
+    def run_step(self, idx: torch.Tensor, timers: dict[str, float]) -> float:
+        from distgnn.model import sym_edge_weight
+
+        cfg, dev, model = self.cfg, self.p.device, self.p.model
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(_seed(cfg.train.seed, self.epoch, self.step_in_epoch))
+        mb = self.sampler.sample(idx, gen)
+        ew = None
+        if self.use_norm:
+            ew = []
+            for block, src in zip(mb.blocks, mb.block_gids):
+                deg = self.p.graph.degrees(src)
+                ew.append(sym_edge_weight(block, deg, deg[:block.num_dst_nodes()]).to(dev))
+        blocks = [b.to(dev) for b in mb.blocks] if dev.type != "cpu" else mb.blocks
+        t1 = time.perf_counter()
+        x = self.p.emb.pull(mb.input_gids).to(dev).requires_grad_(True)
+        t2 = time.perf_counter()
+        model.train()
+        h = model(blocks, x, ew)
+        hu = h[mb.user_pos.to(dev)]
+        pos = (hu * h[mb.pos_pos.to(dev)]).sum(-1)
+        neg = (hu.unsqueeze(1) * h[mb.neg_pos.to(dev)]).sum(-1)
+        loss = self.loss_fn(pos, neg)
+        if cfg.train.l2 > 0:
+            b, k = mb.neg_pos.shape
+            x0 = x[: len(mb.seed_gids)]
+            reg = (x0[mb.user_pos].pow(2).sum() + x0[mb.pos_pos].pow(2).sum()
+                   + x0[mb.neg_pos].pow(2).sum() / k) / (2 * b)
+            loss = loss + cfg.train.l2 * reg
+        t3 = time.perf_counter()
+        if self.dense_opt is not None:
+            self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t4 = time.perf_counter()
+        self.p.emb.push(mb.input_gids, x.grad, unique=True)
+        if self.dense_opt is not None:
+            self.dense_opt.step()
+        t5 = time.perf_counter()
+        for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            timers[name] = timers.get(name, 0.0) + dt
+        return float(loss.detach())
+
+    # --- validation -----------------------------------------------------------------------
+    def validate(self) -> dict:
+        from distgnn.evaluation import Evaluator, infer_all
+
+        if self._evaluator is None:
+            self._evaluator = Evaluator(self.p.graph, self.cfg.eval.split)
+        emb = infer_all(self.p.model, self.p.graph, self.p.emb, self.cfg.eval.node_batch, self.p.device)
+        return self._evaluator.evaluate(emb, self.cfg.eval.k, self.cfg.eval.user_batch, self.p.device)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "train_seconds": self.train_seconds, "best_value": self.best_value,
+                "bad_evals": self.bad_evals, "stopped_early": self.stopped_early,
+                "config": self.cfg.model_dump(mode="json")}
+
+    def save(self) -> Path:
+        dense = {"model": self.p.model.state_dict(),
+                 "optimizer": self.dense_opt.state_dict() if self.dense_opt else {},
+                 "rng": {"torch": torch.get_rng_state()}}
+        return ckpt.write(self.run_dir, self.global_step, self._meta(), dense,
+                          lambda d: self.p.emb.save(d, self.p.id_maps), self.cfg.train.keep_checkpoints)
+
+    def restore(self, path: Path) -> None:
+        meta = ckpt.read_meta(path)
+        ckpt.check_compatible(path, meta["config"], self.cfg.model_dump(mode="json"))
+        dense = ckpt.read_dense(path, self.p.device)
+        try:
+            self.p.model.load_state_dict(dense["model"])
+            if self.dense_opt is not None:
+                self.dense_opt.load_state_dict(dense["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(f"checkpoint {path} does not fit this model ({str(exc).splitlines()[0]}); "
+                            f"use the run's own config")
+        torch.set_rng_state(dense["rng"]["torch"])
+        self.p.emb.load(path / "embeddings", self.p.id_maps)
+        self.epoch, self.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
+        self.global_step, self.train_seconds = meta["global_step"], meta["train_seconds"]
+        self.best_value, self.bad_evals = meta["best_value"], meta["bad_evals"]
+        self.stopped_early = meta.get("stopped_early", False)
+
+    # --- the loop -------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self, resume: bool = False) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if resume:
+            last = ckpt.latest(self.run_dir)
+            if last is None:
+                raise UserError(f"--resume: {self.run_dir} has no committed checkpoint to resume from; "
+                                f"drop --resume to start a new run")
+            self.restore(last)
+        elif ckpt.committed(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
+            raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or "
+                            f"choose another --out")
+        if cfg.train.eval_every and cfg.eval.split not in self.p.graph.manifest.get("heldout", {}):
+            raise UserError(f"{self.p.graph.root} has no '{cfg.eval.split}' held-out split for validation; "
+                            f"partition with --{cfg.eval.split}, or set eval.split=test, "
+                            f"or train.eval_every=0")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.run_dir / "config.yaml", cfg.to_yaml())
+
+        spe = self.sampler.steps_per_epoch()
+        max_steps = cfg.train.max_steps
+        wall0 = time.perf_counter()
+        last_ckpt_step = self.global_step if resume else -1
+        hide = None if cfg.train.progress else True
+        while self.epoch < cfg.train.epochs and not self.stopped_early:
+            if max_steps is not None and self.global_step >= max_steps:
+                break
+            timers: dict[str, float] = {}
+            interval = {"loss": 0.0, "steps": 0, "edges": 0, "t": time.perf_counter()}
+            bar = tqdm(total=spe, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                       unit="step", disable=hide, file=sys.stderr, leave=False)
+            for step, idx in self.sampler.batches(self.epoch, self.step_in_epoch):
+                self.step_in_epoch = step
+                t = time.perf_counter()
+                loss = self.run_step(idx, timers)
+                self.train_seconds += time.perf_counter() - t
+                self.step_in_epoch = step + 1
+                self.global_step += 1
+                interval["loss"] += loss
+                interval["steps"] += 1
+                interval["edges"] += len(idx)
+                bar.update(1)
+                if interval["steps"] == cfg.train.log_every or self.step_in_epoch == spe:
+                    now = time.perf_counter()
+                    rec = {"type": "train", "epoch": self.epoch, "step": self.global_step,
+                           "loss": interval["loss"] / interval["steps"],
+                           "edges_per_s": interval["edges"] / max(now - interval["t"], 1e-9),
+                           "train_seconds": self.train_seconds,
+                           "stage_seconds": {k: round(v, 4) for k, v in timers.items()}}
+                    self._log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", eps=f"{rec['edges_per_s']:.0f}")
+                    timers = {}
+                    interval = {"loss": 0.0, "steps": 0, "edges": 0, "t": time.perf_counter()}
+                if max_steps is not None and self.global_step >= max_steps:
+                    break
+            bar.close()
+            if self.step_in_epoch < spe:
+                break  # max_steps reached mid-epoch
+            self.epoch += 1
+            self.step_in_epoch = 0
+            improved = False
+            if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
+                metrics = self.validate()
+                key = f"recall@{cfg.eval.k}"
+                value = metrics[key]
+                improved = self.best_value is None or value > self.best_value
+                if improved:
+                    self.best_value, self.bad_evals = value, 0
+                else:
+                    self.bad_evals += 1
+                    if cfg.train.patience and self.bad_evals >= cfg.train.patience:
+                        self.stopped_early = True
+                self._log({"type": "valid", "split": cfg.eval.split, "epoch": self.epoch,
+                           "step": self.global_step, "train_seconds": self.train_seconds,
+                           "wall_seconds": time.perf_counter() - wall0, **metrics})
+                print(f"epoch {self.epoch}: {cfg.eval.split} {key}={value:.4f} "
+                      f"ndcg@{cfg.eval.k}={metrics[f'ndcg@{cfg.eval.k}']:.4f}"
+                      + (" (best)" if improved else ""), file=sys.stderr)
+            path = self.save()
+            last_ckpt_step = self.global_step
+            if improved:
+                ckpt.mark_best(self.run_dir, path, f"recall@{cfg.eval.k}", self.best_value)
+        if last_ckpt_step != self.global_step:
+            self.save()
+        summary = {"run_dir": str(self.run_dir), "epoch": self.epoch, "global_step": self.global_step,
+                   "train_seconds": round(self.train_seconds, 2), "best_recall": self.best_value,
+                   "stopped_early": self.stopped_early}
+        return summary
+
+
+def _seed(seed: int, epoch: int, step: int) -> int:
+    """Per-step seed for negatives, DGL sampling and dropout: resume at any step is exact."""
+    import dgl
+
+    from distgnn.sampler import step_seed
+
+    s = step_seed(seed, epoch, step)
+    dgl.seed(s)
+    torch.manual_seed(s)
+    return s
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
