@@ -91,6 +91,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=0, description="epochs between validation runs (0 = never)")
     patience: int = Field(3, ge=0, description="validations without Recall@K improvement before "
                                                "stopping (0 = no early stopping)")
+    deterministic_sampling: bool = Field(
+        True, description="sample neighbours in one thread so a seed fixes the samples (exact "
+                          "--resume); false lets DGL sample with all threads, not reproducibly")
     keep_checkpoints: int = Field(2, gt=0, description="latest checkpoints kept (plus the best)")
     progress: bool = True
 

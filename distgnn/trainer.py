@@ -79,7 +79,8 @@ def build(cfg: Config, graph=None, backend: str = "local") -> Parts:
         raise UserError(f"backend {backend!r} is not available yet; use --backend local")
     torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    graph = graph or LocalGraphStore(cfg.data.partitions)
+    graph = graph or LocalGraphStore(cfg.data.partitions,
+                                     deterministic=cfg.train.deterministic_sampling)
     torch.manual_seed(cfg.train.seed)
     emb = LocalEmbeddingStore(graph.num_nodes, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
                               cfg.embedding.init_std, cfg.embedding.betas, cfg.embedding.eps,

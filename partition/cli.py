@@ -9,13 +9,13 @@ from typing import Any
 from distgnn.errors import UserError
 from distgnn.stages import human_bytes
 
-# Resource model for `estimate`, fitted on measured `create` runs (see BENCHMARKS.md):
-# peak RSS ~ BASE + PER_INTERACTION * rows; output bytes ~ DISK_PER_INTERACTION * rows.
-ESTIMATE_BASE_RSS = 600 * 2**20
-ESTIMATE_RSS_PER_INTERACTION = {"metis": 230, "random": 110}
-ESTIMATE_DISK_PER_INTERACTION = 26
-ESTIMATE_SECONDS_PER_MILLION = {"metis": 1.6, "random": 0.6}
-
+# Resource model for `estimate`, fitted on measured `create` runs on this 2-core machine:
+# generated 10M interactions and Gowalla (0.8M), 4 parts (/usr/bin/time -v; see BENCHMARKS.md).
+# peak RSS ~ BASE + PER_INTERACTION * rows; output ~ DISK_PER_INTERACTION * rows (snappy Parquet).
+ESTIMATE_BASE_RSS = {"metis": 680 * 2**20, "random": 300 * 2**20}   # torch/DGL import for METIS
+ESTIMATE_RSS_PER_INTERACTION = {"metis": 210, "random": 66}
+ESTIMATE_DISK_PER_INTERACTION = 12
+ESTIMATE_SECONDS = {"metis": (1.5, 1.0), "random": (0.5, 0.26)}  # (start-up, per million rows)
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -160,9 +160,9 @@ def estimate(rows: int, num_parts: int, method: str) -> dict[str, float]:
         "rows": rows,
         "num_parts": num_parts,
         "method": method,
-        "peak_rss_bytes": ESTIMATE_BASE_RSS + ESTIMATE_RSS_PER_INTERACTION[method] * rows,
+        "peak_rss_bytes": ESTIMATE_BASE_RSS[method] + ESTIMATE_RSS_PER_INTERACTION[method] * rows,
         "output_bytes": ESTIMATE_DISK_PER_INTERACTION * rows,
-        "seconds": ESTIMATE_SECONDS_PER_MILLION[method] * rows / 1e6,
+        "seconds": ESTIMATE_SECONDS[method][0] + ESTIMATE_SECONDS[method][1] * rows / 1e6,
     }
 
 

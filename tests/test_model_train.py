@@ -44,9 +44,11 @@ def test_gradients_reach_only_the_batch_rows(tmp_path):
     t.run_step(idx, {})
     after = t.p.emb.pull(torch.arange(t.p.graph.num_nodes))
     changed = (after != before).any(1)
-    expected = torch.zeros_like(changed)
-    expected[mb.input_gids] = True
-    assert changed.any()
-    assert torch.equal(changed, expected)
+    touched = torch.zeros_like(changed)
+    touched[mb.input_gids] = True
+    assert changed[touched].float().mean() > 0.8      # the batch's rows moved (a zero grad may not)
+    assert not changed[~touched].any()                # nothing else did
+    assert torch.equal(t.p.emb.step > 0, touched)     # optimizer state: exactly the pushed rows
+    assert (~touched).any()
     # dense weights (attention) got gradients too
     assert any(not torch.equal(dense_before[k], v) for k, v in t.p.model.state_dict().items())

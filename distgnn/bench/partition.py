@@ -107,7 +107,7 @@ def format_table(report: dict[str, Any]) -> str:
     """A Markdown table (pastes into BENCHMARKS.md as is)."""
     sides = [s for s in ("ours", "dgl") if s in report]
     lines = [f"input: {report['input']} ({report['ours']['num_interactions']:,} interactions), "
-             f"{report['num_parts']} parts",
+             f"{report['num_parts']} parts\n",
              "| | " + " | ".join({"ours": "distgnn", "dgl": "DGL partition_graph"}[s] for s in sides)
              + (" | ratio |" if len(sides) == 2 else " |"),
              "|---" * (len(sides) + 1 + (len(sides) == 2)) + "|"]
