@@ -111,13 +111,15 @@ class LocalEmbeddingStore(EmbeddingStore):
         t = step.to(g.dtype).unsqueeze(1)
         bias1 = 1 - b1 ** t
         bias2 = 1 - b2 ** t
-        update = (m / bias1) / ((v / bias2).sqrt_().add_(self.eps))
-        self.weight.index_add_(0, rows, update, alpha=-self.lr)
+        update = (m / bias1).div_((v / bias2).sqrt_().add_(self.eps))
+        # rows are unique here: gather-update-scatter (index_add_ is serial on CPU)
+        self.weight.index_copy_(0, rows, self.weight.index_select(0, rows).add_(update, alpha=-self.lr))
 
     def _adagrad(self, rows: torch.Tensor, g: torch.Tensor) -> None:
         s = self.sum_sq.index_select(0, rows).addcmul_(g, g)
         self.sum_sq.index_copy_(0, rows, s)
-        self.weight.index_add_(0, rows, g / (s.sqrt().add_(self.eps)), alpha=-self.lr)
+        update = g / s.sqrt().add_(self.eps)
+        self.weight.index_copy_(0, rows, self.weight.index_select(0, rows).add_(update, alpha=-self.lr))
 
     # --- state ----------------------------------------------------------------------------
     def _state_names(self) -> list[str]:

@@ -220,13 +220,15 @@ class LocalGraphStore(GraphStore):
             # DGL's multi-threaded sampling draws from per-thread RNGs that dgl.seed() does not
             # reset consistently, so the same seed can give other samples; one thread makes the
             # draw a function of the seed (exact --resume), at some sampling speed.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
+            from dgl.utils import get_num_threads, set_num_threads
+
+            threads = get_num_threads()
+            set_num_threads(1)  # DGL's OpenMP only; torch's thread pool is left alone
             try:
                 block = self.g.sample_neighbors_fused(seed_lid, fanout, exclude_edges=eids,
                                                       mapping=self._mapping)
             finally:
-                torch.set_num_threads(threads)
+                set_num_threads(threads)
         else:
             block = self.g.sample_neighbors_fused(seed_lid, fanout, exclude_edges=eids,
                                                   mapping=self._mapping)

@@ -26,6 +26,21 @@ def _activation(name: str):
     return {"none": None, "elu": F.elu, "relu": F.relu}[name]
 
 
+class RepeatHeads(nn.Module):
+    """GATConv's ``fc`` when the transform is a frozen identity: copies the input per head.
+
+    Same output as a Linear whose weight is the stacked identity, without the matmul and its
+    backward (a third of the step time at dim 64, 2 heads).
+    """
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.repeat(1, self.heads) if self.heads > 1 else h
+
+
 class GATRec(nn.Module):
     def __init__(self, cfg: ModelConfig):
         from dgl.nn import GATConv
@@ -50,8 +65,8 @@ class GATRec(nn.Module):
                 w = conv.fc.weight.view(cfg.heads, cfg.hidden, in_dim)
                 for h in range(cfg.heads):
                     nn.init.eye_(w[h])
-            if cfg.transform == "identity":
-                conv.fc.weight.requires_grad_(False)
+            if cfg.transform == "identity" and in_dim == cfg.hidden:
+                conv.fc = RepeatHeads(cfg.heads)
         if cfg.attn_init == "zero":
             nn.init.zeros_(conv.attn_l)
             nn.init.zeros_(conv.attn_r)

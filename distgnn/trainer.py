@@ -119,6 +119,8 @@ class Trainer:
         from distgnn.model import LOSSES
         self.loss_fn = LOSSES[cfg.train.loss]
         self.use_norm = cfg.model.edge_norm == "sym" and cfg.model.layers > 0
+        if self.use_norm:
+            self._sqrt_deg = g.degrees(torch.arange(g.num_nodes)).clamp(min=1).to(torch.float32).sqrt()
         # counters (restored on resume)
         self.epoch = 0
         self.step_in_epoch = 0
@@ -131,8 +133,6 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------
     def run_step(self, idx: torch.Tensor, timers: dict[str, float]) -> float:
-        from distgnn.model import sym_edge_weight
-
         cfg, dev, model = self.cfg, self.p.device, self.p.model
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(_seed(cfg.train.seed, self.epoch, self.step_in_epoch))
@@ -141,8 +141,9 @@ class Trainer:
         if self.use_norm:
             ew = []
             for block, src in zip(mb.blocks, mb.block_gids):
-                deg = self.p.graph.degrees(src)
-                ew.append(sym_edge_weight(block, deg, deg[:block.num_dst_nodes()]).to(dev))
+                sd = self._sqrt_deg[src]
+                u, v = block.edges()
+                ew.append((sd[v] / sd[u]).to(dev))  # sqrt(deg_dst / deg_src), see model.sym_edge_weight
         blocks = [b.to(dev) for b in mb.blocks] if dev.type != "cpu" else mb.blocks
         t1 = time.perf_counter()
         x = self.p.emb.pull(mb.input_gids).to(dev).requires_grad_(True)
@@ -153,16 +154,22 @@ class Trainer:
         pos = (hu * h[mb.pos_pos.to(dev)]).sum(-1)
         neg = (hu.unsqueeze(1) * h[mb.neg_pos.to(dev)]).sum(-1)
         loss = self.loss_fn(pos, neg)
-        if cfg.train.l2 > 0:
-            b, k = mb.neg_pos.shape
-            x0 = x[: len(mb.seed_gids)]
-            reg = (x0[mb.user_pos].pow(2).sum() + x0[mb.pos_pos].pow(2).sum()
-                   + x0[mb.neg_pos].pow(2).sum() / k) / (2 * b)
-            loss = loss + cfg.train.l2 * reg
         t3 = time.perf_counter()
         if self.dense_opt is not None:
             self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.l2 > 0:
+            # L2 on the batch's layer-0 embeddings, l2 * (|u|^2 + |p|^2 + mean_k |n|^2) / (2B), added
+            # analytically to the input gradient (autograd through three gathers would allocate
+            # and scatter three full-size zero tensors per step).
+            with torch.no_grad():
+                b, k = mb.neg_pos.shape
+                pos_idx = torch.cat([mb.user_pos, mb.pos_pos, mb.neg_pos.reshape(-1)]).to(dev)
+                coef = torch.full((len(pos_idx), 1), cfg.train.l2 / b, device=dev)
+                coef[2 * b:] /= k
+                rows = x.detach()[pos_idx]
+                x.grad.index_add_(0, pos_idx, rows * coef)
+                loss = loss + 0.5 * (rows.pow(2) * coef).sum()
         t4 = time.perf_counter()
         self.p.emb.push(mb.input_gids, x.grad, unique=True)
         if self.dense_opt is not None:

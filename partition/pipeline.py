@@ -46,8 +46,6 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"output directory {out} is not empty; pass --overwrite to replace it "
                         f"or choose another --out")
-    if not out.parent.exists():
-        raise UserError(f"parent directory {out.parent} of --out does not exist; create it first")
 
 
 def _fingerprint(files: list[dict]) -> str:
@@ -107,6 +105,9 @@ def create(opts: CreateOptions) -> dict[str, Any]:
                 heldout[split] = ingest.ingest_heldout(
                     ingest.InputSpec(path, opts.user_col, opts.item_col, opts.ts_col), inter)
 
+    if opts.progress:
+        print(f"assign: {opts.method} into {opts.num_parts} parts ({num_nodes:,} nodes, "
+              f"{inter.num_interactions:,} interactions)...", file=sys.stderr, flush=True)
     with timer.stage("assign"):
         part_of_raw = assigner(inter.user_raw, inter.item_raw, inter.num_users, inter.num_items,
                                opts.num_parts, opts.seed)
