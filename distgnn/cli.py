@@ -15,6 +15,7 @@ from distgnn import __version__
 from distgnn.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_RUNTIME_ERROR = 1
 
 # Each module defines add_parser(subparsers) and sets a `handler` default on its parser(s).
 # Modules must keep heavy imports (torch, dgl, ray) inside their handlers.
@@ -53,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"distgnn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:
+        # A remote call that missed its deadline or a dead actor: one line, not a traceback.
+        if type(exc).__name__ != "RayCallError":
+            raise
+        print(f"distgnn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:
         print(f"distgnn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -45,6 +45,9 @@ class ModelConfig(_Strict):
     layer_combine: Literal["last", "mean"] = Field(
         "mean", description="mean: average the embeddings of layers 0..L (LightGCN)")
     bias: bool = False
+    score: Literal["dot", "cosine"] = Field(
+        "dot", description="link score: dot product, or cosine (embeddings L2-normalised before "
+                           "scoring, ranking and export)")
 
     @property
     def out_dim(self) -> int:
@@ -81,7 +84,11 @@ class TrainConfig(_Strict):
     popularity_negatives: float = Field(0.0, ge=0.0, le=1.0,
                                         description="fraction of negatives drawn by item popularity")
     popularity_alpha: float = Field(0.75, ge=0.0, description="negatives drawn with p ~ degree^alpha")
-    loss: Literal["bpr", "bce"] = "bpr"
+    shared_negatives: bool = Field(False, description="draw num_negatives items once per minibatch "
+                                                      "and score every positive against all of them")
+    loss: Literal["bpr", "bce", "softmax"] = Field(
+        "bpr", description="softmax: sampled-softmax (InfoNCE) over the positive and its negatives")
+    temperature: float = Field(0.1, gt=0, description="softmax loss temperature")
     l2: float = Field(1e-4, ge=0.0, description="L2 on the layer-0 embeddings of the batch")
     dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the GAT weights")
     seed: int = 0

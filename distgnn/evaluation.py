@@ -71,7 +71,9 @@ def infer_all(model, graph: GraphStore, emb_store, node_batch: int = 16384,
         h = nxt
         layers_out.append(h)
     if model.cfg.layer_combine == "mean" and len(layers_out) > 1:
-        return torch.stack(layers_out, 0).mean(0)
+        h = torch.stack(layers_out, 0).mean(0)
+    if model.cfg.score == "cosine":  # scores (and exported embeddings) are then plain dot products
+        h = torch.nn.functional.normalize(h, dim=-1)
     return h
 
 

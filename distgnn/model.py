@@ -106,6 +106,21 @@ def sym_edge_weight(block, src_deg: torch.Tensor, dst_deg: torch.Tensor) -> torc
     return (dst_deg[v].clamp(min=1).to(torch.float32) / src_deg[u].clamp(min=1).to(torch.float32)).sqrt()
 
 
+def link_scores(hu: torch.Tensor, hp: torch.Tensor, hn: torch.Tensor, cosine: bool = False):
+    """hu, hp [B, d]; hn [B, k, d] (per-positive negatives) or [k, d] (shared): pos [B], neg [B, k]."""
+    if cosine:
+        hu, hp, hn = F.normalize(hu, dim=-1), F.normalize(hp, dim=-1), F.normalize(hn, dim=-1)
+    pos = (hu * hp).sum(-1)
+    neg = (hu.unsqueeze(1) * hn).sum(-1) if hn.dim() == 3 else hu @ hn.T
+    return pos, neg
+
+
+def softmax_loss(pos: torch.Tensor, neg: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Sampled softmax: -log(exp(pos/t) / (exp(pos/t) + sum_k exp(neg_k/t)))."""
+    logits = torch.cat([pos.unsqueeze(1), neg], 1) / temperature
+    return -F.log_softmax(logits, 1)[:, 0].mean()
+
+
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """pos [B], neg [B, k]: mean of -log sigmoid(pos - neg) over all pairs."""
     return -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
@@ -116,4 +131,4 @@ def bce_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
             + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
 
 
-LOSSES = {"bpr": bpr_loss, "bce": bce_loss}
+LOSSES = {"bpr": bpr_loss, "bce": bce_loss, "softmax": softmax_loss}

@@ -52,11 +52,11 @@ class NegativeSampler:
 class MiniBatch:
     user_gid: torch.Tensor        # [B]
     pos_item_gid: torch.Tensor    # [B]
-    neg_item_gid: torch.Tensor    # [B, k]
+    neg_item_gid: torch.Tensor    # [B, k], or [1, k] when shared by the minibatch
     seed_gids: torch.Tensor       # [S] unique seeds = dst nodes of the last block
     user_pos: torch.Tensor        # [B] position of each user in seed_gids
     pos_pos: torch.Tensor         # [B]
-    neg_pos: torch.Tensor         # [B, k]
+    neg_pos: torch.Tensor         # [B, k] or [1, k]
     blocks: list                  # L DGL blocks, input layer first
     input_gids: torch.Tensor      # src nodes of blocks[0] (seeds first)
     block_gids: list              # per block: gids of its src nodes
@@ -70,7 +70,8 @@ class EdgeMinibatchSampler:
     """Iterates over the graph store's training interactions in minibatches."""
 
     def __init__(self, graph: GraphStore, fanouts: list[int], batch_size: int,
-                 negatives: NegativeSampler, seed: int = 0):
+                 negatives: NegativeSampler, seed: int = 0, shared_negatives: bool = False):
+        self.shared_negatives = shared_negatives
         self.graph = graph
         self.fanouts = list(fanouts)
         self.batch_size = batch_size
@@ -97,11 +98,13 @@ class EdgeMinibatchSampler:
     def sample(self, idx: torch.Tensor, gen: torch.Generator) -> MiniBatch:
         users = self.user_gid[idx]
         pos = self.item_gid[idx]
-        neg = self.negatives.sample(len(idx), gen)
+        neg = self.negatives.sample(1 if self.shared_negatives else len(idx), gen)
         return self.sample_for(users, pos, neg)
 
     def sample_for(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> MiniBatch:
-        b, k = neg.shape
+        """``neg``: [B, k] negatives per positive, or [1, k] shared by the whole minibatch."""
+        b = len(users)
+        bn, k = neg.shape
         seeds, inverse = torch.unique(torch.cat([users, pos, neg.reshape(-1)]), return_inverse=True)
         blocks, block_gids = [], []
         dst = seeds
@@ -111,4 +114,4 @@ class EdgeMinibatchSampler:
             block_gids.insert(0, src)
             dst = src
         return MiniBatch(users, pos, neg, seeds, inverse[:b], inverse[b:2 * b],
-                         inverse[2 * b:].view(b, k), blocks, dst, block_gids)
+                         inverse[2 * b:].view(bn, k), blocks, dst, block_gids)

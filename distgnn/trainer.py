@@ -113,7 +113,7 @@ class Trainer:
         self.negatives = NegativeSampler(item_gids, g.degrees(item_gids), cfg.train.num_negatives,
                                          cfg.train.popularity_negatives, cfg.train.popularity_alpha)
         self.sampler = EdgeMinibatchSampler(g, cfg.train.fanouts, cfg.train.batch_size, self.negatives,
-                                            cfg.train.seed)
+                                            cfg.train.seed, cfg.train.shared_negatives)
         params = [q for q in self.p.model.parameters() if q.requires_grad]
         self.dense_opt = torch.optim.Adam(params, lr=cfg.train.dense_lr) if params else None
         from distgnn.model import LOSSES
@@ -133,6 +133,8 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------
     def run_step(self, idx: torch.Tensor, timers: dict[str, float]) -> float:
+        from distgnn.model import link_scores
+
         cfg, dev, model = self.cfg, self.p.device, self.p.model
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(_seed(cfg.train.seed, self.epoch, self.step_in_epoch))
@@ -150,10 +152,12 @@ class Trainer:
         t2 = time.perf_counter()
         model.train()
         h = model(blocks, x, ew)
-        hu = h[mb.user_pos.to(dev)]
-        pos = (hu * h[mb.pos_pos.to(dev)]).sum(-1)
-        neg = (hu.unsqueeze(1) * h[mb.neg_pos.to(dev)]).sum(-1)
-        loss = self.loss_fn(pos, neg)
+        neg_pos = mb.neg_pos.to(dev)
+        pos, neg = link_scores(h[mb.user_pos.to(dev)], h[mb.pos_pos.to(dev)],
+                               h[neg_pos[0]] if self.sampler.shared_negatives else h[neg_pos],
+                               cfg.model.score == "cosine")
+        loss = (self.loss_fn(pos, neg, cfg.train.temperature) if cfg.train.loss == "softmax"
+                else self.loss_fn(pos, neg))
         t3 = time.perf_counter()
         if self.dense_opt is not None:
             self.dense_opt.zero_grad(set_to_none=True)
@@ -163,10 +167,11 @@ class Trainer:
             # analytically to the input gradient (autograd through three gathers would allocate
             # and scatter three full-size zero tensors per step).
             with torch.no_grad():
-                b, k = mb.neg_pos.shape
+                b = len(mb.user_pos)
+                bn, k = mb.neg_pos.shape
                 pos_idx = torch.cat([mb.user_pos, mb.pos_pos, mb.neg_pos.reshape(-1)]).to(dev)
                 coef = torch.full((len(pos_idx), 1), cfg.train.l2 / b, device=dev)
-                coef[2 * b:] /= k
+                coef[2 * b:] = cfg.train.l2 / (bn * k)
                 rows = x.detach()[pos_idx]
                 x.grad.index_add_(0, pos_idx, rows * coef)
                 loss = loss + 0.5 * (rows.pow(2) * coef).sum()
@@ -268,7 +273,8 @@ class Trainer:
                 interval["steps"] += 1
                 interval["edges"] += len(idx)
                 bar.update(1)
-                if interval["steps"] == cfg.train.log_every or self.step_in_epoch == spe:
+                last = self.step_in_epoch == spe or (max_steps is not None and self.global_step >= max_steps)
+                if interval["steps"] == cfg.train.log_every or last:
                     now = time.perf_counter()
                     rec = {"type": "train", "epoch": self.epoch, "step": self.global_step,
                            "loss": interval["loss"] / interval["steps"],

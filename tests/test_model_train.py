@@ -1,4 +1,6 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
 from distgnn.config import load_config
 from distgnn.evaluation import Evaluator, rank_topk, ranking_metrics
@@ -15,11 +17,17 @@ def popularity_recall(ev: Evaluator, k: int) -> float:
     return ranking_metrics(top, ev.test_indptr, ev.test_items, ev.eval_users, k, ev.num_items)[f"recall@{k}"]
 
 
-def test_planted_communities_are_learned(tmp_path):
+@pytest.mark.parametrize("variant", [
+    {"train": {"num_negatives": 4}},
+    {"train": {"num_negatives": 32, "shared_negatives": True, "loss": "softmax", "temperature": 0.2},
+     "model": {"score": "cosine"}},
+])
+def test_planted_communities_are_learned(tmp_path, variant):
     parts = partitioned(tmp_path, num_parts=2, num_users=400, num_items=300, communities=6,
                         per_user=15, valid=True)
-    cfg = load_config(small_config(tmp_path, parts, train={"epochs": 6, "eval_every": 2, "num_negatives": 4},
-                                   eval={"split": "valid"}))
+    cfg = load_config(small_config(tmp_path, parts, train={"epochs": 6, "eval_every": 2,
+                                                           **variant["train"]},
+                                   model=variant.get("model", {}), eval={"split": "valid"}))
     Trainer(cfg, tmp_path / "run").train()
     p, _ = load_for_inference(tmp_path / "run", cfg)
     ev = Evaluator(p.graph, "test")
@@ -52,3 +60,20 @@ def test_gradients_reach_only_the_batch_rows(tmp_path):
     assert (~touched).any()
     # dense weights (attention) got gradients too
     assert any(not torch.equal(dense_before[k], v) for k, v in t.p.model.state_dict().items())
+
+
+def test_link_scores_and_softmax_loss():
+    from distgnn.model import bpr_loss, link_scores, softmax_loss
+    hu, hp = torch.randn(3, 4), torch.randn(3, 4)
+    hn_shared = torch.randn(5, 4)
+    pos, neg = link_scores(hu, hp, hn_shared)
+    assert torch.allclose(neg, hu @ hn_shared.T) and torch.allclose(pos, (hu * hp).sum(1))
+    pos2, neg2 = link_scores(hu, hp, hn_shared.expand(3, 5, 4))
+    assert torch.allclose(neg, neg2)
+    pc, nc = link_scores(hu, hp, hn_shared, cosine=True)
+    assert torch.allclose(pc, F.cosine_similarity(hu, hp))
+    p, n = torch.tensor([2.0]), torch.tensor([[1.0, 0.0]])
+    import math
+    expected = math.log1p(math.exp(-10.0) + math.exp(-20.0))   # -log(e^20 / (e^20 + e^10 + e^0))
+    assert softmax_loss(p, n, 0.1).item() == pytest.approx(expected, rel=1e-3)
+    assert torch.allclose(bpr_loss(p, n), -(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(2.0))) / 2)

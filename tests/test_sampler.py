@@ -92,3 +92,13 @@ def test_fanout_bounds_in_degree(parts_dir):
     block, _ = g.sample_block(seeds, 3)
     assert int(block.in_degrees().max()) <= 3
     assert int(block.in_degrees().min()) >= 1
+
+
+def test_shared_negatives_are_one_row_for_the_batch(parts_dir):
+    g = LocalGraphStore(parts_dir)
+    items = torch.from_numpy(g.book.item_gids())
+    s = EdgeMinibatchSampler(g, [5], 32, NegativeSampler(items, g.degrees(items), 16), seed=0,
+                             shared_negatives=True)
+    mb = s.sample(torch.arange(32), torch.Generator().manual_seed(0))
+    assert mb.neg_item_gid.shape == (1, 16) and mb.neg_pos.shape == (1, 16)
+    assert torch.equal(mb.seed_gids[mb.neg_pos], mb.neg_item_gid)

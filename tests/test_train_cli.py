@@ -123,3 +123,13 @@ def test_damaged_partition_dir(trained, tmp_path, capsys):
                  "--out", str(tmp_path / "r")]) == 2
     assert "edges.parquet" in _err_line(capsys)
     assert not (tmp_path / "r").exists()
+
+
+def test_overwrite_starts_afresh(trained, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    assert main(["train", "--config", str(trained["cfg"]), "--out", str(run), "--max-steps", "2",
+                 "--overwrite"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 2

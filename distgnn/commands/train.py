@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="overrides train.max_steps (total steps)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if --out already holds a run (its contents are replaced)")
     p.set_defaults(handler=run)
 
 
@@ -42,8 +44,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is a file; choose a directory")
     from distgnn.commands import set_threads
     set_threads(cfg.train.threads)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     from distgnn.trainer import Trainer
 
-    summary = Trainer(cfg, out, backend=args.backend).train(resume=args.resume)
+    trainer = Trainer(cfg, out, backend=args.backend)  # reads and checks the partitions first
+    if args.overwrite and out.is_dir():
+        import shutil
+        for name in ("checkpoints", "metrics.jsonl", "config.yaml"):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    summary = trainer.train(resume=args.resume)
     print(json.dumps(summary))
     return 0

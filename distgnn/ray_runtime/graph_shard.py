@@ -1,0 +1,435 @@
+"""Graph shards: per-partition neighbour sampling as Ray actors, and the client that batches it.
+
+``PartitionCSC`` is one partition's in-neighbour structure in gid space: ``indptr`` over its owned
+nodes (row ``gid - gid_start``) and ``indices`` = source gids, sorted within each row (the shard's
+``edges.parquet`` is sorted by (dst, src), docs/format.md). DGL samples it as a bipartite unit
+graph (``src`` type: the whole gid space, ``dst`` type: the owned nodes) stored in CSC only, so no
+array is ever sized by the global node count and sampled source ids come out as gids directly.
+
+``GraphShard`` (Ray actor, one per partition) loads its Parquet shard, puts the two CSC arrays in
+the object store once (``ray.put``), maps them back zero-copy for its own sampling, and hands the
+``ObjectRef`` to any co-located trainer (``csc_ref``): the trainer maps the same shared-memory
+pages and samples its own partition with no Ray call.
+
+``DistributedNeighborSampler`` is the trainer-side client: for one hop it splits the seeds by
+owner, sends one request per remote partition first, samples the local part from the mapped
+arrays meanwhile, then waits (with a deadline) and merges. Exclusion follows
+``LocalGraphStore.sample_block``: the edges of the given (user, item) interactions, in both
+directions, are never sampled. ``RayGraphStore`` wraps it in the ``GraphStore`` interface.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+
+from distgnn import format as fmt
+from distgnn.errors import UserError
+from distgnn.graph_store import GraphStore
+from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, get_with_deadline
+
+ETYPE = ("src", "e", "dst")
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # read-only object-store pages: we never write to them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+def part_seed(rng_seed: int, part_id: int) -> int:
+    return (int(rng_seed) * 1_000_003 + int(part_id) * 7919 + 1) % (2 ** 31 - 1)
+
+
+class PartitionCSC:
+    """In-neighbours of one partition's owned nodes, in gid space, sampled with DGL."""
+
+    def __init__(self, part_id: int, gid_start: int, gid_end: int, item_gid_start: int,
+                 num_nodes: int, indptr: np.ndarray, indices: np.ndarray):
+        import dgl
+
+        self.part_id, self.gid_start, self.gid_end = int(part_id), int(gid_start), int(gid_end)
+        self.item_gid_start, self.num_nodes = int(item_gid_start), int(num_nodes)
+        self.indptr, self.indices = indptr, indices
+        n_owned = self.gid_end - self.gid_start
+        if len(indptr) != n_owned + 1:
+            raise ValueError(f"indptr has {len(indptr)} entries for {n_owned} owned nodes")
+        # zero-copy: DGL's CSC keeps pointers to these arrays (checked in the tests)
+        self.g = dgl.heterograph(
+            {ETYPE: ("csc", (_tensor(indptr), _tensor(indices), torch.empty(0, dtype=torch.int64)))},
+            num_nodes_dict={"src": self.num_nodes, "dst": n_owned}, idtype=torch.int64)
+
+    @classmethod
+    def from_edges(cls, part_id: int, book: fmt.PartitionBook, src_gid: np.ndarray,
+                   dst_gid: np.ndarray) -> "PartitionCSC":
+        lo, hi = int(book.gid_start[part_id]), int(book.gid_end[part_id])
+        if len(dst_gid) and (dst_gid.min() < lo or dst_gid.max() >= hi):
+            raise UserError(f"part {part_id} has edges whose dst is not owned by it")
+        key_sorted = np.all(np.diff(dst_gid) >= 0) if len(dst_gid) else True
+        if not key_sorted:
+            raise UserError(f"part {part_id}: edges are not sorted by dst_gid (docs/format.md)")
+        counts = np.bincount(dst_gid - lo, minlength=hi - lo)
+        indptr = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.ascontiguousarray(src_gid, dtype=np.int64)
+        # within a dst, sources must be ascending for edge_ids' binary search (they are, by spec)
+        return cls(part_id, lo, hi, int(book.item_gid_start[part_id]), book.num_nodes, indptr, indices)
+
+    def to_arrays(self) -> dict[str, Any]:
+        return {"part_id": self.part_id, "gid_start": self.gid_start, "gid_end": self.gid_end,
+                "item_gid_start": self.item_gid_start, "num_nodes": self.num_nodes,
+                "indptr": self.indptr, "indices": self.indices}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, Any]) -> "PartitionCSC":
+        return cls(a["part_id"], a["gid_start"], a["gid_end"], a["item_gid_start"], a["num_nodes"],
+                   a["indptr"], a["indices"])
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.indices)
+
+    def owns(self, gid: np.ndarray) -> np.ndarray:
+        return (gid >= self.gid_start) & (gid < self.gid_end)
+
+    def degrees(self, gids: np.ndarray) -> np.ndarray:
+        d = np.asarray(gids, dtype=np.int64) - self.gid_start
+        return self.indptr[d + 1] - self.indptr[d]
+
+    def train_interactions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user_gid, item_gid): the item -> user edges, whose dst is a user owned here."""
+        end = self.indptr[self.item_gid_start - self.gid_start]
+        users = np.repeat(np.arange(self.gid_start, self.item_gid_start, dtype=np.int64),
+                          np.diff(self.indptr[:self.item_gid_start - self.gid_start + 1]))
+        return users, np.array(self.indices[:end])
+
+    def edge_ids(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Positions (edge ids) of the edges src -> dst that exist here; other pairs are dropped.
+
+        A vectorised binary search of each src inside its dst's sorted row."""
+        src = np.asarray(src, dtype=np.int64)
+        dst = np.asarray(dst, dtype=np.int64)
+        keep = self.owns(dst)
+        src, d = src[keep], dst[keep] - self.gid_start
+        if len(src) == 0 or self.num_edges == 0:
+            return np.zeros(0, dtype=np.int64)
+        lo, end = self.indptr[d].copy(), self.indptr[d + 1]
+        hi = end.copy()
+        last = self.num_edges - 1
+        while True:
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            less = self.indices[np.minimum(mid, last)] < src
+            lo = np.where(active & less, mid + 1, lo)
+            hi = np.where(active & ~less, mid, hi)
+        found = (lo < end) & (self.indices[np.minimum(lo, last)] == src)
+        return lo[found]
+
+    def exclude_eids(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Edge ids of the interactions (user, item) in both directions, those stored here."""
+        return np.concatenate([self.edge_ids(users, items), self.edge_ids(items, users)])
+
+    def sample(self, seeds: np.ndarray, fanout: int, exclude_users: np.ndarray | None = None,
+               exclude_items: np.ndarray | None = None, rng_seed: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``fanout`` (-1: all) in-neighbours of each owned seed, without replacement,
+        as (src_gid, dst_gid) edge arrays."""
+        import dgl
+
+        seeds = np.asarray(seeds, dtype=np.int64)
+        if len(seeds) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if not self.owns(seeds).all():
+            bad = seeds[~self.owns(seeds)][:5]
+            raise ValueError(f"partition {self.part_id} owns gids [{self.gid_start}, {self.gid_end}), "
+                             f"asked to sample {bad.tolist()}")
+        local = seeds - self.gid_start
+        eids = None
+        if exclude_users is not None and len(exclude_users):
+            eids = self.exclude_eids(exclude_users, exclude_items)
+        if fanout == -1 and (eids is None or len(eids) == 0):
+            # every in-neighbour: plain slicing of the CSC rows, no RNG involved
+            starts, ends = self.indptr[local], self.indptr[local + 1]
+            counts = ends - starts
+            total = int(counts.sum())
+            offs = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            pos = np.arange(total, dtype=np.int64) + offs
+            return np.array(self.indices[pos]), np.repeat(seeds, counts)
+        threads = torch.get_num_threads()
+        if rng_seed is not None:
+            dgl.seed(int(rng_seed))
+            torch.set_num_threads(1)  # DGL's per-thread RNGs: one thread makes a seed reproducible
+        try:
+            sg = dgl.sampling.sample_neighbors(
+                self.g, {"dst": torch.from_numpy(local)}, int(fanout), replace=False,
+                exclude_edges=None if eids is None else {ETYPE: torch.from_numpy(eids)},
+                copy_ndata=False, copy_edata=False)
+        finally:
+            torch.set_num_threads(threads)
+        s, d = sg.edges(etype=ETYPE)
+        return s.numpy(), d.numpy() + self.gid_start
+
+
+class _GraphShard:
+    """One partition's graph, loaded from its Parquet shard (see module doc)."""
+
+    def __init__(self, root: str, part_id: int, num_threads: int = 1):
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.root = Path(root)
+        self.part_id = int(part_id)
+        self.error: str | None = None
+        self.stats = {"sample_calls": 0, "sample_seeds": 0, "sample_edges": 0, "busy_s": 0.0}
+        try:
+            self._load()
+        except UserError as exc:  # reported by ready(): one line, naming the node
+            self.error = str(exc)
+
+    def ready(self) -> bool:
+        if self.error is not None:
+            node = ray.util.get_node_ip_address()
+            raise UserError(f"graph shard {self.part_id} on node {node}: {self.error}")
+        return True
+
+    def _load(self) -> None:
+        manifest = fmt.load_manifest(self.root)
+        self.book = fmt.PartitionBook.from_manifest(manifest)
+        if not 0 <= self.part_id < self.book.num_parts:
+            raise UserError(f"partition {part_id} does not exist in {root} (it has {self.book.num_parts})")
+        src, dst = fmt.read_part_edges(self.root, self.part_id)
+        built = PartitionCSC.from_edges(self.part_id, self.book, src, dst)
+        del src, dst
+        # One copy, in shared memory: put it once, then map it back for our own sampling.
+        self._ref = ray.put(built.to_arrays())
+        del built
+        self.csc = PartitionCSC.from_arrays(ray.get(self._ref))
+
+    def csc_ref(self) -> list:
+        """``[ObjectRef]`` of the CSC arrays (wrapped in a list so Ray hands over the ref itself)."""
+        return [self._ref]
+
+    def sample(self, seeds: np.ndarray, fanout: int, exclude_users: np.ndarray | None = None,
+               exclude_items: np.ndarray | None = None, rng_seed: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        t = time.perf_counter()
+        out = self.csc.sample(seeds, fanout, exclude_users, exclude_items, rng_seed)
+        self.stats["sample_calls"] += 1
+        self.stats["sample_seeds"] += len(seeds)
+        self.stats["sample_edges"] += len(out[0])
+        self.stats["busy_s"] += time.perf_counter() - t
+        return out
+
+    def degrees(self, gids: np.ndarray) -> np.ndarray:
+        return self.csc.degrees(gids)
+
+    def train_interactions(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.csc.train_interactions()
+
+    def counters(self) -> dict[str, Any]:
+        return dict(self.stats, part_id=self.part_id)
+
+    def info(self) -> dict[str, Any]:
+        import os
+
+        return {"part_id": self.part_id, "num_edges": self.csc.num_edges,
+                "gid_start": self.csc.gid_start, "gid_end": self.csc.gid_end,
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
+GraphShard = ray.remote(num_cpus=0, max_restarts=0)(_GraphShard)
+
+
+def create_graph_shards(root: str | Path, num_parts: int,
+                        scheduling_strategies: Sequence[Any] | None = None, num_cpus: float = 0,
+                        timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> list:
+    """One ``GraphShard`` per partition, constructed (shards loaded) before this returns.
+
+    ``scheduling_strategies[p]`` places shard ``p``; give it the same placement-group bundle as
+    parameter-server shard ``p`` to co-locate them. A partition directory that a node cannot read
+    fails here with the shard's ``UserError``."""
+    root = str(Path(root).resolve())
+    shards = []
+    for p in range(num_parts):
+        opts: dict[str, Any] = {"num_cpus": num_cpus}
+        if scheduling_strategies is not None and scheduling_strategies[p] is not None:
+            opts["scheduling_strategy"] = scheduling_strategies[p]
+        shards.append(GraphShard.options(**opts).remote(root, p))
+    get_with_deadline([s.ready.remote() for s in shards], timeout_s,
+                      f"loading {num_parts} graph shards from {root}",
+                      [f"GraphShard {p}" for p in range(num_parts)])
+    return shards
+
+
+class DistributedNeighborSampler:
+    """Samples one hop over all partitions: local part from mapped arrays, the rest remotely."""
+
+    def __init__(self, graph_shards: Sequence, book: fmt.PartitionBook, local_part: int | None = None,
+                 timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
+        self.shards = list(graph_shards)
+        self.book = book
+        self.local_part = local_part
+        self.timeout_s = float(timeout_s)
+        self.local: PartitionCSC | None = None
+        self.reset_counters()
+        self._ensure_local()
+
+    def _ensure_local(self) -> None:
+        """Map the local partition's CSC arrays from the object store (zero-copy on its node)."""
+        if self.local is not None or self.local_part is None:
+            return
+        p = self.local_part
+        ref = get_with_deadline(self.shards[p].csc_ref.remote(), self.timeout_s, f"GraphShard {p} csc_ref")[0]
+        arrays = get_with_deadline(ref, self.timeout_s, f"mapping partition {p}'s graph")
+        self.local = PartitionCSC.from_arrays(arrays)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["local"] = None  # re-mapped lazily on the receiving side
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self._counters = {"remote_requests": 0, "remote_seeds": 0, "remote_edges": 0,
+                          "local_seeds": 0, "local_edges": 0, "sample_local_s": 0.0,
+                          "sample_remote_wait_s": 0.0}
+
+    def counters(self) -> dict[str, float]:
+        return dict(self._counters)
+
+    def sample_neighbors(self, seeds_gid: torch.Tensor | np.ndarray, fanout: int,
+                         exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         rng_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(src_gid, dst_gid) of up to ``fanout`` in-neighbours of each seed (-1: all).
+
+        ``exclude``: (user_gid, item_gid) interactions whose edges (both directions) are never
+        sampled. ``rng_seed``: makes the draw reproducible; by default one is drawn from torch's
+        global generator, so a trainer that seeds torch per step gets reproducible samples."""
+        seeds = np.asarray(seeds_gid.cpu().numpy() if torch.is_tensor(seeds_gid) else seeds_gid,
+                           dtype=np.int64).reshape(-1)
+        self._ensure_local()
+        if rng_seed is None:
+            rng_seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+        parts = self.book.part_of(seeds)
+        if len(seeds) and (seeds.min() < 0 or seeds.max() >= self.book.num_nodes):
+            raise ValueError(f"seed gids must be in [0, {self.book.num_nodes})")
+        ex_u = ex_i = ex_pu = ex_pi = None
+        if exclude is not None:
+            ex_u = np.asarray(exclude[0].cpu().numpy() if torch.is_tensor(exclude[0]) else exclude[0], np.int64)
+            ex_i = np.asarray(exclude[1].cpu().numpy() if torch.is_tensor(exclude[1]) else exclude[1], np.int64)
+            ex_pu, ex_pi = self.book.part_of(ex_u), self.book.part_of(ex_i)
+        present = np.unique(parts)
+        # 1. remote requests first, one per remote partition
+        refs, who, sizes = [], [], []
+        for p in present:
+            p = int(p)
+            if p == self.local_part and self.local is not None:
+                continue
+            sel = seeds[parts == p]
+            eu = ei = None
+            if ex_u is not None:  # only the interactions with an edge stored in partition p
+                m = (ex_pu == p) | (ex_pi == p)
+                eu, ei = ex_u[m], ex_i[m]
+            refs.append(self.shards[p].sample.remote(sel, int(fanout), eu, ei, part_seed(rng_seed, p)))
+            who.append(f"GraphShard {p}")
+            sizes.append(len(sel))
+        # 2. the local partition meanwhile, from the mapped arrays
+        srcs, dsts = [], []
+        if self.local is not None and (parts == self.local_part).any():
+            t = time.perf_counter()
+            sel = seeds[parts == self.local_part]
+            eu = ei = None
+            if ex_u is not None:
+                m = (ex_pu == self.local_part) | (ex_pi == self.local_part)
+                eu, ei = ex_u[m], ex_i[m]
+            s, d = self.local.sample(sel, int(fanout), eu, ei, part_seed(rng_seed, self.local_part))
+            srcs.append(s)
+            dsts.append(d)
+            self._counters["local_seeds"] += len(sel)
+            self._counters["local_edges"] += len(s)
+            self._counters["sample_local_s"] += time.perf_counter() - t
+        # 3. then wait for the remote answers and merge
+        if refs:
+            t = time.perf_counter()
+            results = get_with_deadline(refs, self.timeout_s, f"sampling {int(sum(sizes))} remote seeds",
+                                        who)
+            self._counters["sample_remote_wait_s"] += time.perf_counter() - t
+            for s, d in results:
+                srcs.append(s)
+                dsts.append(d)
+                self._counters["remote_edges"] += len(s)
+            self._counters["remote_requests"] += len(refs)
+            self._counters["remote_seeds"] += int(sum(sizes))
+        if not srcs:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+        return torch.from_numpy(np.concatenate(srcs)), torch.from_numpy(np.concatenate(dsts))
+
+    def sample_block(self, seed_gids: torch.Tensor, fanout: int,
+                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     rng_seed: int | None = None):
+        """``GraphStore.sample_block``'s contract: a DGL block whose dst nodes are ``seed_gids``
+        (unique, in order) and whose src nodes are the seeds followed by the other sampled
+        sources (ascending gid); returns ``(block, src_gids)``."""
+        src, dst = self.sample_neighbors(seed_gids, fanout, exclude, rng_seed)
+        return edges_to_block(seed_gids, src, dst)
+
+
+def edges_to_block(seed_gids: torch.Tensor, src_gid: torch.Tensor, dst_gid: torch.Tensor):
+    import dgl
+
+    seeds = seed_gids.cpu().numpy().astype(np.int64, copy=False)
+    s, d = src_gid.numpy(), dst_gid.numpy()
+    others = np.setdiff1d(np.unique(s), seeds, assume_unique=False)
+    src_nodes = np.concatenate([seeds, others])
+    order = np.argsort(src_nodes, kind="stable")
+    src_sorted = src_nodes[order]
+    src_idx = order[np.searchsorted(src_sorted, s)]
+    seed_order = np.argsort(seeds, kind="stable")
+    dst_idx = seed_order[np.searchsorted(seeds[seed_order], d)]
+    block = dgl.create_block((torch.from_numpy(src_idx), torch.from_numpy(dst_idx)),
+                             num_src_nodes=len(src_nodes), num_dst_nodes=len(seeds),
+                             idtype=torch.int64)
+    src_t = torch.from_numpy(src_nodes)
+    block.srcdata[dgl.NID] = src_t
+    block.dstdata[dgl.NID] = torch.from_numpy(seeds.copy())
+    return block, src_t
+
+
+class RayGraphStore(GraphStore):
+    """``GraphStore`` over GraphShard actors for a trainer of partition ``local_part``."""
+
+    def __init__(self, root: str | Path, graph_shards: Sequence, local_part: int,
+                 timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
+        self.root = Path(root)
+        self.manifest = fmt.load_manifest(self.root)
+        self.book = fmt.PartitionBook.from_manifest(self.manifest)
+        self.local_part = int(local_part)
+        self.timeout_s = float(timeout_s)
+        self.sampler = DistributedNeighborSampler(graph_shards, self.book, self.local_part, timeout_s)
+        self._degrees: torch.Tensor | None = None
+
+    def train_interactions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.sampler._ensure_local()
+        u, i = self.sampler.local.train_interactions()
+        return torch.from_numpy(u), torch.from_numpy(i)
+
+    def degrees(self, gids: torch.Tensor) -> torch.Tensor:
+        if self._degrees is None:  # one int64 per node; every shard contributes its owned rows
+            refs = [s.degrees.remote(np.arange(self.book.gid_start[p], self.book.gid_end[p]))
+                    for p, s in enumerate(self.sampler.shards)]
+            parts = get_with_deadline(refs, self.timeout_s, "degrees",
+                                      [f"GraphShard {p}" for p in range(len(refs))])
+            self._degrees = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        return self._degrees[gids]
+
+    def sample_block(self, seed_gids: torch.Tensor, fanout: int,
+                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return self.sampler.sample_block(seed_gids, fanout, exclude)

@@ -1,0 +1,385 @@
+"""The sharded parameter server: ``PSShard`` actors and the ``RayEmbeddingStore`` client.
+
+One ``PSShard`` per partition holds the embedding rows of that partition's gid range
+``[gid_start, gid_end)`` (its users, then its items) plus their optimizer state, in actor memory
+(a ``LocalEmbeddingStore`` over local rows ``gid - gid_start``). Mutable tables never go to the
+object store. An actor runs one method at a time, so each push (dedup, sum, optimizer step) is
+atomic: concurrent pushes from several workers are serialised, none is lost.
+
+``RayEmbeddingStore`` implements the ``EmbeddingStore`` interface, so the trainer does not change:
+
+- ``pull``/``push`` deduplicate ids (and sum duplicate gradients) on the client, split the sorted
+  unique ids by owner (contiguous gid ranges: one ``searchsorted`` per partition), send every
+  shard's request before waiting on any, and merge the answers back in the caller's order;
+- every wait has a deadline (``timeout_s``) and names the shard that missed it;
+- ``max_pending_pushes > 0`` makes pushes asynchronous with bounded staleness: at most that many
+  pushes are in flight. Ray runs one caller's calls to an actor in submission order, so a worker
+  always reads its own writes; only other workers' updates can be that many pushes late;
+- traffic counters: rows and bytes pulled/pushed, split into local (the shard of ``local_part``,
+  the partition this worker trains on, co-located with it) and remote;
+- ``save``/``load`` write and read the same files as ``LocalEmbeddingStore`` (orig-id keyed
+  Parquet with optimizer state), shard by shard, so a checkpoint moves between the local and the
+  Ray backend and loads into any number of shards (resharding is a re-keying by orig id).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from distgnn import format as fmt
+from distgnn.embedding_store import (EmbeddingStore, LocalEmbeddingStore, OPTIMIZERS, _fixed_list,
+                                     _from_fixed_list)
+from distgnn.errors import UserError
+from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, get_with_deadline, wait_ready
+
+ID_BYTES = 8
+VALUE_BYTES = 4
+
+
+def state_names(optimizer: str) -> list[str]:
+    return ["weight", "exp_avg", "exp_avg_sq", "step"] if optimizer == "adam" else ["weight", "sum_sq"]
+
+
+def shard_seed(seed: int, part_id: int) -> int:
+    """Each shard initialises its rows from its own generator (no global table is ever built)."""
+    return (int(seed) * 1_000_003 + 7919 * (int(part_id) + 1)) % (2 ** 63 - 1)
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    """Zero-copy tensor over a (possibly read-only, object-store backed) numpy array; callers
+    only read from it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+class _PSShard:
+    """Embedding rows ``[gid_start, gid_end)`` with their optimizer state (see module doc)."""
+
+    def __init__(self, part_id: int, gid_start: int, gid_end: int, dim: int, optimizer: str = "adam",
+                 lr: float = 0.01, init_std: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, seed: int = 0, num_threads: int = 1,
+                 crash_after_pushes: int | None = None):
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.part_id, self.gid_start, self.gid_end = int(part_id), int(gid_start), int(gid_end)
+        self.store = LocalEmbeddingStore(self.gid_end - self.gid_start, dim, optimizer=optimizer, lr=lr,
+                                         init_std=init_std, betas=betas, eps=eps,
+                                         seed=shard_seed(seed, part_id))
+        self.crash_after_pushes = crash_after_pushes
+        self.stats = {"pull_calls": 0, "pull_rows": 0, "push_calls": 0, "push_rows": 0,
+                      "busy_s": 0.0}
+
+    def _local(self, gids: np.ndarray) -> torch.Tensor:
+        gids = np.asarray(gids, dtype=np.int64)
+        if len(gids) and (gids.min() < self.gid_start or gids.max() >= self.gid_end):
+            bad = gids[(gids < self.gid_start) | (gids >= self.gid_end)][:5]
+            raise ValueError(f"PSShard {self.part_id} owns gids [{self.gid_start}, {self.gid_end}), "
+                             f"got {bad.tolist()}")
+        return _tensor(gids - self.gid_start)
+
+    def pull(self, gids: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        rows = self.store.pull(self._local(gids)).numpy()
+        self.stats["pull_calls"] += 1
+        self.stats["pull_rows"] += len(rows)
+        self.stats["busy_s"] += time.perf_counter() - t
+        return rows
+
+    def push(self, gids: np.ndarray, grads: np.ndarray, unique: bool = False) -> int:
+        t = time.perf_counter()
+        self.store.push(self._local(gids), _tensor(np.asarray(grads, dtype=np.float32)), unique=unique)
+        self.stats["push_calls"] += 1
+        self.stats["push_rows"] += len(gids)
+        self.stats["busy_s"] += time.perf_counter() - t
+        if self.crash_after_pushes is not None and self.stats["push_calls"] >= self.crash_after_pushes:
+            os._exit(17)  # fault injection for restart tests
+        return len(gids)
+
+    def get_rows(self, gids: np.ndarray) -> dict[str, np.ndarray]:
+        """Weights and optimizer state of the given rows."""
+        local = self._local(gids)
+        return {n: getattr(self.store, n).index_select(0, local).numpy()
+                for n in self.store._state_names()}
+
+    def set_rows(self, gids: np.ndarray, state: dict[str, np.ndarray]) -> int:
+        local = self._local(gids)
+        names = self.store._state_names()
+        if sorted(state) != sorted(names):
+            raise ValueError(f"state has {sorted(state)}, expected {sorted(names)}")
+        for n in names:
+            cur = getattr(self.store, n)
+            cur.index_copy_(0, local, _tensor(np.asarray(state[n])).to(cur.dtype))
+        return len(local)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {n: v.numpy() for n, v in self.store.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.store.load_state_dict({n: _tensor(np.asarray(v)) for n, v in state.items()})
+
+    def counters(self) -> dict[str, Any]:
+        return dict(self.stats, part_id=self.part_id)
+
+    def info(self) -> dict[str, Any]:
+        import ray as _ray
+
+        return {"part_id": self.part_id, "gid_start": self.gid_start, "gid_end": self.gid_end,
+                "dim": self.store.dim, "optimizer": self.store.optimizer,
+                "node_id": _ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
+PSShard = ray.remote(num_cpus=0, max_restarts=0)(_PSShard)
+
+
+def create_ps_shards(book: fmt.PartitionBook, dim: int, optimizer: str = "adam", lr: float = 0.01,
+                     init_std: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
+                     eps: float = 1e-8, seed: int = 0,
+                     scheduling_strategies: Sequence[Any] | None = None, num_cpus: float = 0,
+                     timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                     crash: tuple[int, int] | None = None) -> list:
+    """One ``PSShard`` per partition of ``book``; returns their handles once all are constructed.
+
+    ``scheduling_strategies[p]`` places shard ``p`` (e.g. ``cluster.bundle_strategy(pg, p)`` to share
+    a placement-group bundle with the partition's ``GraphShard``). ``crash=(part, n)``: shard
+    ``part`` exits after its ``n``-th push (fault injection)."""
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"embedding optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    shards = []
+    for p in range(book.num_parts):
+        opts: dict[str, Any] = {"num_cpus": num_cpus}
+        if scheduling_strategies is not None and scheduling_strategies[p] is not None:
+            opts["scheduling_strategy"] = scheduling_strategies[p]
+        shards.append(PSShard.options(**opts).remote(
+            p, int(book.gid_start[p]), int(book.gid_end[p]), dim, optimizer=optimizer, lr=lr,
+            init_std=init_std, betas=betas, eps=eps, seed=seed,
+            crash_after_pushes=crash[1] if crash is not None and crash[0] == p else None))
+    wait_ready(shards, timeout_s, f"starting {len(shards)} parameter-server shards")
+    return shards
+
+
+class RayEmbeddingStore(EmbeddingStore):
+    """``EmbeddingStore`` client over one ``PSShard`` per partition (see module doc)."""
+
+    def __init__(self, shards: Sequence, book: fmt.PartitionBook, dim: int, optimizer: str = "adam",
+                 local_part: int | None = None, timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 max_pending_pushes: int = 0):
+        if len(shards) != book.num_parts:
+            raise ValueError(f"{len(shards)} shards for a partition book of {book.num_parts} parts")
+        if optimizer not in OPTIMIZERS:
+            raise UserError(f"embedding optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        self.shards = list(shards)
+        self.book = book
+        self.num_rows, self.dim = book.num_nodes, int(dim)
+        self.optimizer = optimizer
+        self.local_part = local_part
+        self.timeout_s = float(timeout_s)
+        self.max_pending_pushes = int(max_pending_pushes)
+        self._pending: list[tuple[list, list[str]]] = []
+        self.reset_counters()
+
+    # Shipped to Ray Train workers: handles and the book travel, in-flight state does not.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pending"] = []
+        state["_counters"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.reset_counters()
+
+    # --- counters -------------------------------------------------------------------------
+    def reset_counters(self) -> None:
+        keys = [f"{op}_{what}_{where}" for op in ("pull", "push") for what in ("rows", "bytes")
+                for where in ("local", "remote")]
+        self._counters = dict.fromkeys(keys, 0)
+        self._counters.update(pull_calls=0, push_calls=0, requests_remote=0, wait_s=0.0)
+
+    def counters(self) -> dict[str, float]:
+        return dict(self._counters)
+
+    def _count(self, op: str, part: int, rows: int) -> None:
+        where = "local" if part == self.local_part else "remote"
+        self._counters[f"{op}_rows_{where}"] += rows
+        self._counters[f"{op}_bytes_{where}"] += rows * (ID_BYTES + self.dim * VALUE_BYTES)
+        if where == "remote":
+            self._counters["requests_remote"] += 1
+
+    # --- routing --------------------------------------------------------------------------
+    def _split(self, uniq: np.ndarray) -> list[tuple[int, int, int]]:
+        """(part, lo, hi) for the non-empty runs of sorted unique gids owned by each partition."""
+        if len(uniq) and (uniq[0] < 0 or uniq[-1] >= self.num_rows):
+            raise ValueError(f"gids must be in [0, {self.num_rows}), got {uniq[0]}..{uniq[-1]}")
+        lo = np.searchsorted(uniq, self.book.gid_start, side="left")
+        hi = np.searchsorted(uniq, self.book.gid_end, side="left")
+        runs = [(p, int(a), int(b)) for p, (a, b) in enumerate(zip(lo, hi)) if b > a]
+        if sum(b - a for _, a, b in runs) != len(uniq):
+            raise ValueError("some gids fall in no partition's range; the partition book is not contiguous")
+        return runs
+
+    def _wait(self, refs: list, names: list[str], what: str):
+        t = time.perf_counter()
+        try:
+            return get_with_deadline(refs, self.timeout_s, what, names)
+        finally:
+            self._counters["wait_s"] += time.perf_counter() - t
+
+    # --- pull / push ----------------------------------------------------------------------
+    def pull(self, gids: torch.Tensor) -> torch.Tensor:
+        g = gids.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
+        uniq, inverse = np.unique(g, return_inverse=True)
+        runs = self._split(uniq)
+        refs = [self.shards[p].pull.remote(uniq[lo:hi]) for p, lo, hi in runs]  # all sent first
+        out = np.empty((len(uniq), self.dim), dtype=np.float32)
+        for (p, lo, hi) in runs:
+            self._count("pull", p, hi - lo)
+        results = self._wait(refs, [f"PSShard {p}" for p, _, _ in runs], f"pull of {len(uniq)} rows")
+        for (p, lo, hi), rows in zip(runs, results):
+            out[lo:hi] = rows
+        self._counters["pull_calls"] += 1
+        return torch.from_numpy(out)[torch.from_numpy(inverse)]
+
+    def push(self, gids: torch.Tensor, grads: torch.Tensor, unique: bool = False) -> None:
+        gids = gids.detach().cpu().reshape(-1).to(torch.int64)
+        grads = grads.detach().cpu().to(torch.float32)
+        if not unique:
+            gids, inverse = torch.unique(gids, return_inverse=True)
+            summed = torch.zeros(len(gids), self.dim, dtype=torch.float32)
+            summed.index_add_(0, inverse, grads)
+            grads = summed
+        else:
+            order = torch.argsort(gids)
+            gids, grads = gids[order], grads[order]
+        g, v = gids.numpy(), grads.numpy()
+        runs = self._split(g)
+        refs = [self.shards[p].push.remote(g[lo:hi], v[lo:hi], True) for p, lo, hi in runs]
+        for (p, lo, hi) in runs:
+            self._count("push", p, hi - lo)
+        self._counters["push_calls"] += 1
+        self._pending.append((refs, [f"PSShard {p}" for p, _, _ in runs]))
+        while len(self._pending) > self.max_pending_pushes:
+            r, names = self._pending.pop(0)
+            self._wait(r, names, f"push of {len(g)} rows")
+
+    def flush(self) -> None:
+        """Wait for every in-flight asynchronous push."""
+        while self._pending:
+            r, names = self._pending.pop(0)
+            self._wait(r, names, "push")
+
+    # --- state ----------------------------------------------------------------------------
+    def _state_names(self) -> list[str]:
+        return state_names(self.optimizer)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self.flush()
+        parts = self._wait([s.state_dict.remote() for s in self.shards],
+                           [f"PSShard {p}" for p in range(len(self.shards))], "state_dict")
+        return {n: torch.from_numpy(np.concatenate([st[n] for st in parts])) for n in self._state_names()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = self._state_names()
+        if sorted(state) != sorted(names):
+            raise UserError(f"embedding state has {sorted(state)}, expected {sorted(names)} "
+                            f"(optimizer {self.optimizer}); the checkpoint is from another config")
+        for n in names:
+            want = (self.num_rows, self.dim) if n != "step" else (self.num_rows,)
+            if tuple(state[n].shape) != want:
+                raise UserError(f"embedding state {n} has shape {tuple(state[n].shape)}, expected "
+                                f"{want}; the checkpoint is from another config or data")
+        self.flush()
+        refs = []
+        for p, s in enumerate(self.shards):
+            a, b = int(self.book.gid_start[p]), int(self.book.gid_end[p])
+            refs.append(s.load_state_dict.remote({n: state[n][a:b].cpu().numpy() for n in names}))
+        self._wait(refs, [f"PSShard {p}" for p in range(len(refs))], "load_state_dict")
+
+    # --- save / load in orig-id space -----------------------------------------------------
+    def save(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
+        """The files ``LocalEmbeddingStore.save`` writes, streamed shard by shard."""
+        self.flush()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"optimizer": self.optimizer, "dim": self.dim}
+        names = self._state_names()
+        for ntype, (gids, orig) in id_maps.items():
+            gids = np.asarray(gids, dtype=np.int64)
+            order = np.argsort(gids, kind="stable")
+            sorted_gids = gids[order]
+            orig_sorted = orig.take(pa.array(order)) if not np.array_equal(order, np.arange(len(order))) else orig
+            runs = self._split(sorted_gids)
+            refs = [self.shards[p].get_rows.remote(sorted_gids[lo:hi]) for p, lo, hi in runs]
+            schema = pa.schema([pa.field("orig_id", orig.type)]
+                               + [pa.field(n, pa.int64() if n == "step" else pa.list_(pa.float32(), self.dim))
+                                  for n in names]).with_metadata({"distgnn": json.dumps(meta)})
+            tmp = path / f".{ntype}.parquet.tmp"
+            with pq.ParquetWriter(tmp, schema) as writer:
+                if not runs:
+                    writer.write_table(schema.empty_table())
+                for (p, lo, hi), ref in zip(runs, refs):
+                    rows = self._wait([ref], [f"PSShard {p}"], f"save of {ntype} rows")[0]
+                    cols = {"orig_id": orig_sorted[lo:hi]}
+                    for n in names:
+                        cols[n] = pa.array(rows[n]) if rows[n].ndim == 1 else _fixed_list(rows[n])
+                    writer.write_table(pa.table(cols, schema=schema))
+            os.replace(tmp, path / f"{ntype}.parquet")
+
+    def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
+        """Rows by orig id from files written by either store, into this store's shards (any
+        number of them: rows are re-keyed by orig id, then routed to their new owners)."""
+        import pandas as pd
+
+        self.flush()
+        path = Path(path)
+        names = self._state_names()
+        for ntype, (gids, orig) in id_maps.items():
+            f = path / f"{ntype}.parquet"
+            try:
+                table = pq.read_table(f)
+            except (OSError, pa.ArrowException) as exc:
+                raise UserError(f"cannot read checkpoint embeddings {f}: {exc}")
+            meta = json.loads((table.schema.metadata or {}).get(b"distgnn", b"{}"))
+            if meta.get("optimizer") != self.optimizer or meta.get("dim") != self.dim:
+                raise UserError(f"{f} holds {meta.get('optimizer')} embeddings of dim {meta.get('dim')}, "
+                                f"but the config asks for {self.optimizer} with dim {self.dim}; "
+                                f"use a matching config or train a new run")
+            ck_orig = table.column("orig_id").combine_chunks()
+            if ck_orig.type != orig.type:
+                raise UserError(f"{f}: orig ids are {ck_orig.type} but the partitions use {orig.type}; "
+                                f"the checkpoint belongs to other data")
+            pos = pd.Index(ck_orig.to_numpy(zero_copy_only=False)).get_indexer(
+                orig.to_numpy(zero_copy_only=False))
+            if (pos < 0).any():
+                raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
+                                f"no row in the checkpoint; it belongs to other data")
+            cols = {}
+            for n in names:
+                if n == "step":
+                    cols[n] = table.column(n).to_numpy().astype(np.int64)
+                else:
+                    cols[n] = _from_fixed_list(table.column(n), self.dim)
+            gids = np.asarray(gids, dtype=np.int64)
+            order = np.argsort(gids, kind="stable")
+            sorted_gids, sorted_pos = gids[order], pos[order]
+            refs, who = [], []
+            for p, lo, hi in self._split(sorted_gids):
+                take = sorted_pos[lo:hi]
+                refs.append(self.shards[p].set_rows.remote(
+                    sorted_gids[lo:hi], {n: np.ascontiguousarray(cols[n][take]) for n in names}))
+                who.append(f"PSShard {p}")
+            self._wait(refs, who, f"load of {ntype} rows")
+
+    # --- diagnostics ----------------------------------------------------------------------
+    def shard_counters(self) -> list[dict]:
+        return self._wait([s.counters.remote() for s in self.shards],
+                          [f"PSShard {p}" for p in range(len(self.shards))], "counters")

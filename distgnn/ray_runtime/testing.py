@@ -1,0 +1,78 @@
+"""Test support: attach the Ray workers' stdout/stderr to the report of every failing test.
+
+Usage in a test module (no conftest needed)::
+
+    @pytest.fixture(scope="module")
+    def ray_cluster(request):
+        with ray_for_tests(request, num_cpus=2) as info:
+            yield info
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+
+from distgnn.ray_runtime import cluster
+
+
+class RayLogsOnFailure:
+    """A pytest plugin object: on a failed test phase, adds a 'ray worker logs' section holding
+    the tails of the worker log files written since the test started."""
+
+    def __init__(self):
+        self.started = time.time()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.when == "setup":
+            self.started = time.time() - 1.0
+        if report.failed:
+            time.sleep(0.5)  # let the workers' last lines reach their files
+            report.sections.append(("ray worker logs (stdout/stderr of actors and tasks)",
+                                    cluster.tail_worker_logs(since=self.started)))
+
+
+@contextlib.contextmanager
+def ray_for_tests(request, num_cpus: int = 2):
+    """A local embedded Ray instance for one test module, with the log plugin registered."""
+    plugin = RayLogsOnFailure()
+    request.config.pluginmanager.register(plugin, f"ray-logs-{id(plugin)}")
+    info = cluster.connect(None, num_cpus=num_cpus, log_to_driver=True)
+    try:
+        yield info
+    finally:
+        cluster.shutdown()
+        request.config.pluginmanager.unregister(plugin)
+
+
+def make_partitions(out_dir, layouts=((2, "metis"),), interactions: int = 20000, seed: int = 0) -> dict:
+    """Generated logs partitioned several ways: ``{(num_parts, method): partition_dir}``."""
+    from pathlib import Path
+
+    from distgnn.gen import generate
+    from partition.pipeline import CreateOptions, create
+
+    out = Path(out_dir)
+    generate(out / "logs", interactions=interactions, seed=seed, progress=False)
+    dirs = {}
+    for num_parts, method in layouts:
+        d = out / f"p{num_parts}-{method}"
+        create(CreateOptions(train=str(out / "logs" / "train"), test=str(out / "logs" / "test"),
+                             out=str(d), num_parts=num_parts, method=method, seed=seed, progress=False))
+        dirs[(num_parts, method)] = d
+    return dirs
+
+
+def load_id_maps(root) -> dict:
+    """ntype -> (gid, orig_id) from a partition directory's id maps."""
+    from distgnn import format as fmt
+
+    out = {}
+    for ntype in fmt.NTYPES:
+        t = fmt.read_table(root, fmt.id_map_path(ntype))
+        out[ntype] = (t.column("gid").to_numpy(), t.column("orig_id").combine_chunks())
+    return out

@@ -1,0 +1,199 @@
+"""GraphShard actors and the distributed neighbour sampler against the in-process LocalGraphStore.
+
+One local Ray instance (2 CPUs) serves the whole module; failing tests get the Ray workers'
+stdout/stderr attached to their report (distgnn.ray_runtime.testing)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from distgnn import format as fmt  # noqa: E402
+from distgnn.errors import UserError  # noqa: E402
+from distgnn.graph_store import LocalGraphStore  # noqa: E402
+from distgnn.ray_runtime import cluster  # noqa: E402
+from distgnn.ray_runtime.graph_shard import (DistributedNeighborSampler, RayGraphStore,  # noqa: E402
+                                             create_graph_shards)
+from distgnn.ray_runtime.testing import make_partitions, ray_for_tests  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    with ray_for_tests(request, num_cpus=2) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_partitions(tmp_path_factory.mktemp("gs"), layouts=((2, "metis"),))[(2, "metis")]
+
+
+@pytest.fixture(scope="module")
+def shards(ray_cluster, root):
+    s = create_graph_shards(root, 2, timeout_s=60)
+    yield s
+    for a in s:
+        ray.kill(a)
+
+
+@pytest.fixture(scope="module")
+def local(root):
+    return LocalGraphStore(root)
+
+
+@pytest.fixture(scope="module")
+def book(root):
+    return fmt.PartitionBook.from_manifest(fmt.load_manifest(root))
+
+
+def _edge_set(src, dst) -> set:
+    return set(zip(np.asarray(src).tolist(), np.asarray(dst).tolist()))
+
+
+def _local_edges(local: LocalGraphStore, seeds: torch.Tensor, fanout: int, exclude=None) -> set:
+    block, src_gids = local.sample_block(seeds, fanout, exclude)
+    u, v = block.edges()
+    return _edge_set(src_gids[u], seeds[v])
+
+
+def _seeds(book, n=150, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.unique(torch.randint(0, book.num_nodes, (n,), generator=g))
+
+
+@pytest.mark.parametrize("local_part", [0, None])
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_fanout_all_equals_local_store(shards, local, book, local_part, with_exclude):
+    sampler = DistributedNeighborSampler(shards, book, local_part=local_part, timeout_s=60)
+    seeds = _seeds(book)
+    assert len(np.unique(book.part_of(seeds.numpy()))) == 2
+    exclude = None
+    if with_exclude:  # positives of a minibatch: some of the seeds' own interactions
+        users, items = local.train_interactions()
+        is_seed = torch.isin(users, seeds) | torch.isin(items, seeds)
+        pick = torch.nonzero(is_seed).flatten()[::3]
+        exclude = (users[pick], items[pick])
+        assert len(pick) > 10
+    src, dst = sampler.sample_neighbors(seeds, -1, exclude)
+    want = _local_edges(local, seeds, -1, exclude)
+    got = _edge_set(src, dst)
+    assert len(src) == len(got)  # no duplicate edges
+    assert got == want, (len(got - want), len(want - got))
+    if with_exclude:
+        full = _local_edges(local, seeds, -1)
+        assert len(full) > len(want)  # the exclusion removed something
+    c = sampler.counters()
+    # one request per remote partition for the hop; the local part made no Ray call
+    assert c["remote_requests"] == (1 if local_part == 0 else 2)
+    if local_part == 0:
+        assert c["local_seeds"] == int((book.part_of(seeds.numpy()) == 0).sum())
+
+
+def test_fanout_k_is_a_subset_without_replacement_and_reproducible(shards, local, book):
+    sampler = DistributedNeighborSampler(shards, book, local_part=1, timeout_s=60)
+    seeds = _seeds(book, seed=1)
+    users, items = local.train_interactions()
+    exclude = (users[:200], items[:200])
+    allowed = _local_edges(local, seeds, -1, exclude)
+    k = 3
+    src, dst = sampler.sample_neighbors(seeds, k, exclude, rng_seed=7)
+    got = list(zip(src.tolist(), dst.tolist()))
+    assert len(set(got)) == len(got)                       # without replacement
+    assert set(got) <= allowed                             # real, non-excluded neighbours
+    def per(dsts):
+        return np.bincount(np.searchsorted(seeds.numpy(), np.asarray(list(dsts), dtype=np.int64)),
+                           minlength=len(seeds))
+    avail, per_seed = per(d for _, d in allowed), per(dst.numpy())
+    excluded = per(d for _, d in _local_edges(local, seeds, -1) - allowed)
+    # DGL's exclude_edges (and so LocalGraphStore) draws k, then drops the excluded ones: a seed
+    # with excluded in-edges may get fewer than k; every other seed gets min(k, degree)
+    clean = excluded == 0
+    assert np.array_equal(per_seed[clean], np.minimum(avail, k)[clean])
+    assert (per_seed <= np.minimum(avail, k)).all()
+    assert (per_seed >= np.minimum(avail, k) - excluded).all()
+    assert (avail[clean] > k).any() and (~clean).any()
+    src2, dst2 = sampler.sample_neighbors(seeds, k, exclude, rng_seed=7)
+    assert torch.equal(src, src2) and torch.equal(dst, dst2)
+    src3, _ = sampler.sample_neighbors(seeds, k, exclude, rng_seed=8)
+    assert not torch.equal(src, src3)
+
+
+def test_local_partition_is_mapped_zero_copy(shards, book, root):
+    sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=60)
+    csc = sampler.local
+    for arr in (csc.indptr, csc.indices):
+        assert not arr.flags.writeable and not arr.flags.owndata  # object-store pages, not a copy
+    indptr_t, indices_t, _ = csc.g.adj_tensors("csc", etype=("src", "e", "dst"))
+    assert indptr_t.data_ptr() == csc.indptr.ctypes.data
+    assert indices_t.data_ptr() == csc.indices.ctypes.data
+    # the arrays are the partition's edges in gid space
+    src, dst = fmt.read_part_edges(root, 0)
+    assert np.array_equal(csc.indices, src)
+    assert np.array_equal(np.repeat(np.arange(csc.gid_start, csc.gid_end), np.diff(csc.indptr)), dst)
+
+
+def test_sample_block_follows_graph_store_contract(shards, book, local):
+    sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=60)
+    seeds = _seeds(book, seed=2)
+    block, src_gids = sampler.sample_block(seeds, 4)
+    assert block.num_dst_nodes() == len(seeds)
+    assert torch.equal(src_gids[:len(seeds)], seeds)                 # dst nodes first
+    assert len(torch.unique(src_gids)) == len(src_gids)
+    u, v = block.edges()
+    got = _edge_set(src_gids[u], seeds[v])
+    assert len(got) == block.num_edges()
+    assert got <= _local_edges(local, seeds, -1)                      # real in-neighbours
+    assert np.bincount(v.numpy(), minlength=len(seeds)).max() <= 4
+    assert block.srcdata["_ID"].equal(src_gids) and block.dstdata["_ID"].equal(seeds)
+
+
+def test_ray_graph_store_matches_local_store(shards, root, local, book):
+    for p in (0, 1):
+        rg = RayGraphStore(root, shards, local_part=p, timeout_s=60)
+        lp = LocalGraphStore(root, parts=[p])
+        ru, ri = rg.train_interactions()
+        lu, li = lp.train_interactions()
+        assert _edge_set(ru, ri) == _edge_set(lu, li) and len(ru) == len(lu)
+    gids = torch.arange(book.num_nodes)
+    assert torch.equal(rg.degrees(gids), local.degrees(gids))
+
+
+def test_missing_partition_directory_is_one_clear_error(ray_cluster, tmp_path):
+    with pytest.raises(UserError, match=r"graph shard 0 on node \S+: partition directory .* does not exist"):
+        create_graph_shards(tmp_path / "nope", 1, timeout_s=60)
+
+
+def test_dead_graph_shard_is_a_clear_error(ray_cluster, root, book):
+    shards = create_graph_shards(root, 2, timeout_s=60)
+    sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=20)
+    ray.kill(shards[1])
+    with pytest.raises(cluster.RayCallError, match=r"GraphShard 1\b.*died"):
+        sampler.sample_neighbors(_seeds(book), 2)
+    ray.kill(shards[0])
+
+
+def test_shards_of_a_partition_share_a_placement_group_bundle(ray_cluster, root, book):
+    from ray.util.placement_group import remove_placement_group
+
+    from distgnn.ray_runtime.ps import create_ps_shards
+
+    pg = cluster.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK", timeout_s=60)
+    try:
+        strategies = [cluster.bundle_strategy(pg, p) for p in range(2)]
+        gs = create_graph_shards(root, 2, scheduling_strategies=strategies, timeout_s=60)
+        ps = create_ps_shards(book, 4, scheduling_strategies=strategies, timeout_s=60)
+        infos = cluster.get_with_deadline([a.info.remote() for a in gs + ps], 30, "info")
+        assert [i["part_id"] for i in infos] == [0, 1, 0, 1]
+        table = ray.util.placement_group_table(pg)
+        assert table["state"] == "CREATED"
+        for a in gs + ps:
+            ray.kill(a)
+        # more bundles than the cluster has CPUs: a clear error at the deadline, not a hang
+        with pytest.raises(UserError, match="could not reserve 3 bundles"):
+            cluster.placement_group([{"CPU": 1}] * 3, timeout_s=2)
+    finally:
+        remove_placement_group(pg)

@@ -1,0 +1,292 @@
+"""The Ray parameter server (PSShard actors + RayEmbeddingStore client) and cluster setup errors.
+
+One local Ray instance (2 CPUs) serves the whole module; failing tests get the Ray workers'
+stdout/stderr attached to their report (distgnn.ray_runtime.testing)."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from distgnn import format as fmt  # noqa: E402
+from distgnn.embedding_store import LocalEmbeddingStore  # noqa: E402
+from distgnn.errors import UserError  # noqa: E402
+from distgnn.ray_runtime import cluster  # noqa: E402
+from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards  # noqa: E402
+from distgnn.ray_runtime.testing import load_id_maps, make_partitions, ray_for_tests  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    with ray_for_tests(request, num_cpus=2) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return make_partitions(tmp_path_factory.mktemp("ps"), layouts=((2, "metis"), (3, "random")))
+
+
+def _book(root) -> fmt.PartitionBook:
+    return fmt.PartitionBook.from_manifest(fmt.load_manifest(root))
+
+
+def _kill(actors):
+    for a in actors:
+        ray.kill(a)
+
+
+def _state(store) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in store.state_dict().items()}
+
+
+@pytest.mark.parametrize("opt", ["adam", "adagrad"])
+def test_client_matches_in_process_store(ray_cluster, parts, opt):
+    book = _book(parts[(2, "metis")])
+    shards = create_ps_shards(book, DIM, optimizer=opt, lr=0.05, seed=3, timeout_s=60)
+    try:
+        store = RayEmbeddingStore(shards, book, DIM, opt, local_part=0, timeout_s=60,
+                                  max_pending_pushes=2)  # async pushes: a client reads its own writes
+        ref = LocalEmbeddingStore(book.num_nodes, DIM, optimizer=opt, lr=0.05, seed=0)
+        ref.load_state_dict(store.state_dict())
+        gen = torch.Generator().manual_seed(0)
+        unique_pulled = 0
+        for step in range(6):
+            gids = torch.randint(0, book.num_nodes, (300,), generator=gen)  # with duplicates
+            grads = torch.randn(300, DIM, generator=gen)
+            assert torch.equal(store.pull(gids), ref.pull(gids)), step
+            unique_pulled += len(torch.unique(gids))
+            store.push(gids, grads)
+            ref.push(gids, grads)
+        u = torch.unique(torch.randint(0, book.num_nodes, (50,), generator=gen))
+        g = torch.randn(len(u), DIM, generator=gen)
+        store.push(u.flip(0), g.flip(0), unique=True)
+        ref.push(u, g, unique=True)
+        for name, val in ref.state_dict().items():
+            assert torch.allclose(store.state_dict()[name], val, atol=1e-6), name
+        c = store.counters()
+        # each unique row crosses the wire once per pull, counted local (shard 0) or remote
+        assert c["pull_rows_local"] + c["pull_rows_remote"] == unique_pulled
+        assert c["pull_rows_local"] > 0 and c["pull_rows_remote"] > 0
+        assert c["pull_bytes_remote"] == c["pull_rows_remote"] * (8 + DIM * 4)
+        assert c["pull_calls"] == 6 and c["push_calls"] == 7
+    finally:
+        _kill(shards)
+
+
+@ray.remote(num_cpus=0)
+class _Barrier:
+    def __init__(self, n: int):
+        self.n, self.count, self.event = n, 0, asyncio.Event()
+
+    async def wait(self):
+        self.count += 1
+        if self.count >= self.n:
+            self.event.set()
+        await asyncio.wait_for(self.event.wait(), 60)
+
+
+@ray.remote(num_cpus=1)
+def _push_many(store, batches, barrier):
+    ray.get(barrier.wait.remote(), timeout=90)
+    t0 = time.time()
+    for gids, grads in batches:
+        store.push(torch.tensor(gids), torch.tensor(grads))
+    store.flush()
+    return t0, time.time(), store.counters()
+
+
+def _batches(seed: int, num_nodes: int, n: int = 40, rows: int = 200):
+    # both clients hit the same hot rows (spread over both shards): their updates collide
+    hot = np.random.default_rng(0).choice(num_nodes, 300, replace=False)
+    rng = np.random.default_rng(seed)
+    return [(hot[rng.integers(0, len(hot), rows)].astype(np.int64),
+             rng.standard_normal((rows, DIM)).astype(np.float32)) for _ in range(n)]
+
+
+def test_concurrent_pushes_from_two_clients_add_up(ray_cluster, parts):
+    """Two Ray tasks push at once; the result is the sum of their single-client updates.
+
+    Adagrad with lr = eps = 1e8 is SGD with lr 1 (to 1e-7 relative): the weight change is then
+    linear in the gradients, and Adagrad's accumulator sum_sq is a sum in any order."""
+    book = _book(parts[(2, "metis")])
+    kw = dict(optimizer="adagrad", lr=1e8, eps=1e8)
+    shards = create_ps_shards(book, DIM, seed=1, timeout_s=60, **kw)
+    try:
+        store = RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=60)
+        w0 = _state(store)
+        a, b = _batches(1, book.num_nodes), _batches(2, book.num_nodes)
+        singles = []
+        for batches in (a, b):
+            local = LocalEmbeddingStore(book.num_nodes, DIM, **kw)
+            local.load_state_dict(w0)
+            for gids, grads in batches:
+                local.push(torch.from_numpy(gids), torch.from_numpy(grads))
+            singles.append({k: v - w0[k] for k, v in local.state_dict().items()})
+
+        barrier = _Barrier.remote(2)
+        (s1, e1, c1), (s2, e2, c2) = cluster.get_with_deadline(
+            [_push_many.remote(store, a, barrier), _push_many.remote(store, b, barrier)], 120,
+            "two pushing tasks")
+        got = store.state_dict()
+        for name in ("weight", "sum_sq"):
+            want = w0[name] + singles[0][name] + singles[1][name]
+            assert torch.allclose(got[name], want, rtol=1e-5, atol=1e-4), (
+                f"{name}: max diff {(got[name] - want).abs().max():.3g}; "
+                f"task intervals {s1:.3f}-{e1:.3f} and {s2:.3f}-{e2:.3f}")
+        # and the updates did collide: both clients changed some of the same rows
+        touched_a = set(np.concatenate([g for g, _ in a]).tolist())
+        touched_b = set(np.concatenate([g for g, _ in b]).tolist())
+        assert len(touched_a & touched_b) > 50
+        # every shard request a client sent was served (no client has a local shard here)
+        served = sum(c["push_calls"] for c in store.shard_counters())
+        assert c1["push_calls"] == c2["push_calls"] == 40
+        assert served == c1["requests_remote"] + c2["requests_remote"] > 80
+    finally:
+        _kill(shards)
+
+
+@pytest.mark.parametrize("opt", ["adam", "adagrad"])
+def test_save_then_load_into_other_number_of_shards_is_lossless(ray_cluster, parts, tmp_path, opt):
+    root2, root3 = parts[(2, "metis")], parts[(3, "random")]
+    book2, book3 = _book(root2), _book(root3)
+    maps2, maps3 = load_id_maps(root2), load_id_maps(root3)
+    s2 = create_ps_shards(book2, DIM, optimizer=opt, lr=0.1, seed=5, timeout_s=60)
+    s3 = create_ps_shards(book3, DIM, optimizer=opt, lr=0.1, seed=6, timeout_s=60)
+    try:
+        a = RayEmbeddingStore(s2, book2, DIM, opt, timeout_s=60)
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(3):  # some rows touched (optimizer state non-zero), most not
+            gids = torch.randint(0, book2.num_nodes, (400,), generator=gen)
+            a.push(gids, torch.randn(400, DIM, generator=gen))
+        a.save(tmp_path / "ck", maps2)
+
+        b = RayEmbeddingStore(s3, book3, DIM, opt, timeout_s=60)  # 3 shards, other gids
+        b.load(tmp_path / "ck", maps3)
+        sa, sb = a.state_dict(), b.state_dict()
+        # compare by orig id: gid in the 2-part layout -> gid in the 3-part layout
+        for ntype in fmt.NTYPES:
+            ga, oa = maps2[ntype]
+            gb, ob = maps3[ntype]
+            pos = {o: i for i, o in enumerate(ob.to_pylist())}
+            to_b = torch.from_numpy(gb[[pos[o] for o in oa.to_pylist()]])
+            for name in sa:
+                assert torch.equal(sb[name][to_b], sa[name][torch.from_numpy(np.array(ga))]), (ntype, name)
+        assert (sa["sum_sq" if opt == "adagrad" else "step"] != 0).any()
+
+        # the files are LocalEmbeddingStore's: the in-process store reads them identically
+        local = LocalEmbeddingStore(book3.num_nodes, DIM, optimizer=opt, lr=0.1)
+        local.load(tmp_path / "ck", maps3)
+        for name, val in local.state_dict().items():
+            assert torch.equal(val, sb[name]), name
+        # and a round trip through the 3-shard store writes the same rows again
+        b.save(tmp_path / "ck3", maps3)
+        for ntype in fmt.NTYPES:
+            t2 = pq.read_table(tmp_path / "ck" / f"{ntype}.parquet").sort_by("orig_id")
+            t3 = pq.read_table(tmp_path / "ck3" / f"{ntype}.parquet").sort_by("orig_id")
+            assert t2.equals(t3), ntype
+    finally:
+        _kill(s2 + s3)
+
+
+def test_load_rejects_other_optimizer(ray_cluster, parts, tmp_path):
+    root = parts[(2, "metis")]
+    book, maps = _book(root), load_id_maps(root)
+    LocalEmbeddingStore(book.num_nodes, DIM, optimizer="adam").save(tmp_path, maps)
+    shards = create_ps_shards(book, DIM, optimizer="adagrad", timeout_s=60)
+    try:
+        with pytest.raises(UserError, match="holds adam embeddings"):
+            RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=60).load(tmp_path, maps)
+    finally:
+        _kill(shards)
+
+
+def test_dead_shard_is_a_clear_error_not_a_hang(ray_cluster, parts):
+    book = _book(parts[(2, "metis")])
+    shards = create_ps_shards(book, DIM, optimizer="adagrad", timeout_s=60, crash=(1, 1))
+    try:
+        store = RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=20)
+        t = time.monotonic()
+        with pytest.raises(cluster.RayCallError, match=r"PSShard 1\b.*died"):
+            store.push(torch.arange(book.num_nodes), torch.ones(book.num_nodes, DIM))
+        with pytest.raises(cluster.RayCallError, match=r"PSShard 1\b"):
+            store.pull(torch.arange(book.num_nodes))
+        assert time.monotonic() - t < 20
+    finally:
+        _kill(shards)
+
+
+def test_deadline_names_what_was_waited_for(ray_cluster):
+    @ray.remote(num_cpus=0)
+    def slow():
+        time.sleep(60)
+
+    ref = slow.remote()
+    t = time.monotonic()
+    with pytest.raises(cluster.RayCallError, match=r"slow task \(sleeper\) did not answer within the 0.5s"):
+        cluster.get_with_deadline([ref], 0.5, "slow task", ["sleeper"])
+    assert time.monotonic() - t < 5
+    ray.cancel(ref, force=True)
+
+
+def test_too_many_workers_is_one_clear_error(ray_cluster):
+    with pytest.raises(UserError, match=r"asked for 4 workers x 1 CPU, the cluster has 2 CPUs; "
+                                        r"lower --num-workers"):
+        cluster.check_resources(4, cpus_per_worker=1)
+    with pytest.raises(UserError, match=r"the cluster has 0 GPUs"):
+        cluster.check_resources(1, cpus_per_worker=1, gpus_per_worker=1)
+    assert cluster.check_resources(2, cpus_per_worker=1)["workers_fit"] == 2
+
+
+def _connect_in_fresh_process(address: str, timeout_s: float) -> tuple[float, int, str]:
+    code = textwrap.dedent(f"""
+        from distgnn.ray_runtime.cluster import connect
+        from distgnn.errors import UserError
+        try:
+            connect({address!r}, timeout_s={timeout_s})
+        except UserError as exc:
+            print("USERERROR", exc)
+            raise SystemExit(2)
+    """)
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return time.monotonic() - t, p.returncode, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("kind", ["refused", "ray-client-refused", "silent"])
+def test_bad_address_fails_fast_with_one_clear_line(kind):
+    srv = None
+    if kind == "silent":  # accepts TCP, never speaks Ray
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+    else:
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        address = f"127.0.0.1:{port}" if kind == "refused" else f"ray://127.0.0.1:{port}"
+    try:
+        elapsed, rc, out = _connect_in_fresh_process(address, timeout_s=5)
+    finally:
+        if srv is not None:
+            srv.close()
+    assert rc == 2, out
+    line = [x for x in out.splitlines() if x.startswith("USERERROR")]
+    assert line and f"no Ray cluster at {address}" in line[0], out
+    assert "ray start --head" in line[0] and "omit --address" in line[0]
+    assert elapsed < 30, (elapsed, out)
