@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from distgnn import __version__
-from distgnn.errors import UserError
+from distgnn.errors import RayCallError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
@@ -54,10 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"distgnn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as exc:
+    except RayCallError as exc:
         # A remote call that missed its deadline or a dead actor: one line, not a traceback.
-        if type(exc).__name__ != "RayCallError":
-            raise
         print(f"distgnn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:

@@ -8,3 +8,13 @@ traceback, because a traceback tells a user nothing they can act on.
 
 class UserError(Exception):
     """A problem with the user's input or options; the message says what to fix."""
+
+
+class RayCallError(RuntimeError):
+    """A remote call missed its deadline, or the actor/task serving it died.
+
+    The message is one line naming the actor (or task) and the deadline, like a ``UserError``; it
+    is a ``RuntimeError`` because it is not the user's input that is wrong, and because Ray Train
+    treats any exception in a worker as a failure to restart from (``FailureConfig``). The CLI
+    prints it as one line with exit code 1.
+    """

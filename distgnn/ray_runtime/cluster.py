@@ -20,21 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from distgnn.errors import UserError
+from distgnn.errors import RayCallError, UserError  # noqa: F401  (RayCallError re-exported)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_CALL_TIMEOUT_S = 120.0
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
-
-
-class RayCallError(RuntimeError):
-    """A remote call missed its deadline, or the actor/task serving it died.
-
-    The message is one line naming the actor (or task) and the deadline, like a ``UserError``; it
-    is a ``RuntimeError`` because it is not the user's input that is wrong, and because Ray Train
-    treats any exception in a worker as a failure to restart from (``FailureConfig``)."""
 
 
 # --- connecting ---------------------------------------------------------------------------------
