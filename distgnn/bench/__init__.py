@@ -10,6 +10,7 @@ import importlib
 BENCH_MODULES = [
     "distgnn.bench.partition",
     "distgnn.bench.train",
+    "distgnn.bench.locality",
 ]
 
 
