@@ -62,8 +62,9 @@ def test_spec_tables_match_code():
 
 def test_written_directory_matches_spec(logs, tmp_path):
     out = tmp_path / "parts"
-    manifest = create(CreateOptions(train=str(logs["train"]), test=str(logs["test"]), out=str(out),
-                                    num_parts=2, progress=False))
+    manifest = create(CreateOptions(train=str(logs["train"]), test=str(logs["test"]),
+                                    valid=str(logs["test"]), out=str(out), num_parts=2, progress=False))
+    assert {"targets/test.parquet", "targets/valid.parquet"} <= set(manifest["files"])
     text = SPEC.read_text()
     layout = re.search(r"## Directory layout\n\n```\n(.*?)```", text, re.S).group(1)
     for relpath in manifest["files"]:
