@@ -64,7 +64,7 @@ def test_single_partition_store_uses_lids_inside_gids_outside(parts_dir):
     one = LocalGraphStore(parts_dir, [2])
     gids, owned = fmt.read_part_nodes(parts_dir, 2)
     # lid order is the nodes.parquet row order
-    assert torch.equal(one.lid_to_gid(torch.arange(len(gids))), torch.from_numpy(gids))
+    assert torch.equal(one.lid_to_gid(torch.arange(len(gids))), torch.from_numpy(np.array(gids)))
     seeds = torch.from_numpy(gids[owned][:20])
     b1, s1 = one.sample_block(seeds, -1)
     b2, s2 = full.sample_block(seeds, -1)

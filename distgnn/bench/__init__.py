@@ -11,6 +11,7 @@ BENCH_MODULES = [
     "distgnn.bench.partition",
     "distgnn.bench.train",
     "distgnn.bench.locality",
+    "distgnn.bench.ps",
 ]
 
 
