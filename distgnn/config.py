@@ -74,6 +74,16 @@ class EmbeddingConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
 
 
+class FaultConfig(_Strict):
+    """Fault injection for tests of the Ray backend: a worker, or a parameter-server shard, dies."""
+
+    worker: Optional[int] = Field(None, ge=0, description="rank of the Ray Train worker that exits")
+    epoch: int = Field(0, ge=0, description="epoch (0-based) in which the worker exits")
+    step: int = Field(0, ge=0, description="step within that epoch at which the worker exits")
+    ps_shard: Optional[int] = Field(None, ge=0, description="parameter-server shard that exits ...")
+    ps_after_pushes: int = Field(1, gt=0, description="... after this many pushes")
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(10, gt=0)
     max_steps: Optional[int] = Field(None, gt=0, description="stop after this many steps in total")
@@ -91,6 +101,8 @@ class TrainConfig(_Strict):
     temperature: float = Field(0.1, gt=0, description="softmax loss temperature")
     l2: float = Field(1e-4, ge=0.0, description="L2 on the layer-0 embeddings of the batch")
     dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the GAT weights")
+    lr_decay: float = Field(1.0, gt=0, le=1.0, description="both learning rates are multiplied by "
+                                                         "this after every epoch")
     seed: int = 0
     threads: int = Field(2, gt=0)
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
@@ -103,6 +115,7 @@ class TrainConfig(_Strict):
                           "--resume); false lets DGL sample with all threads, not reproducibly")
     keep_checkpoints: int = Field(2, gt=0, description="latest checkpoints kept (plus the best)")
     progress: bool = True
+    fault: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")
     def _check_fanouts(self) -> "TrainConfig":

@@ -69,20 +69,23 @@ class Parts:
     id_maps: dict = field(default_factory=dict)
 
 
-def build(cfg: Config, graph=None, backend: str = "local") -> Parts:
-    """Graph store + embedding store + model for ``cfg`` (local backend)."""
+def build(cfg: Config, graph=None, backend: str = "local", emb=None) -> Parts:
+    """Graph store + embedding store + model for ``cfg``.
+
+    The local backend builds in-process stores; the Ray backend (``distgnn.ray_runtime.job``)
+    passes its ``RayGraphStore`` and ``RayEmbeddingStore`` in, and nothing else changes."""
     from distgnn.embedding_store import LocalEmbeddingStore
     from distgnn.graph_store import LocalGraphStore
     from distgnn.model import GATRec
 
-    if backend != "local":
-        raise UserError(f"backend {backend!r} is not available yet; use --backend local")
+    if backend != "local" and (graph is None or emb is None):
+        raise UserError(f"backend {backend!r} needs its graph and embedding stores passed in")
     torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     graph = graph or LocalGraphStore(cfg.data.partitions,
                                      deterministic=cfg.train.deterministic_sampling)
     torch.manual_seed(cfg.train.seed)
-    emb = LocalEmbeddingStore(graph.num_nodes, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
+    emb = emb or LocalEmbeddingStore(graph.num_nodes, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
                               cfg.embedding.init_std, cfg.embedding.betas, cfg.embedding.eps,
                               seed=cfg.train.seed, device=device)
     model = GATRec(cfg.model).to(device)
@@ -102,12 +105,12 @@ def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Pa
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, graph=None, backend: str = "local"):
+    def __init__(self, cfg: Config, run_dir: str | Path, graph=None, backend: str = "local", emb=None):
         from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.p = build(cfg, graph, backend)
+        self.p = build(cfg, graph, backend, emb)
         g = self.p.graph
         item_gids = torch.from_numpy(g.book.item_gids())
         self.negatives = NegativeSampler(item_gids, g.degrees(item_gids), cfg.train.num_negatives,
@@ -184,6 +187,14 @@ class Trainer:
             timers[name] = timers.get(name, 0.0) + dt
         return float(loss.detach())
 
+    def _set_lr(self, epoch: int) -> None:
+        """Learning rates are a function of the epoch (so a resumed run uses the same ones)."""
+        factor = self.cfg.train.lr_decay ** epoch
+        self.p.emb.lr = self.cfg.embedding.lr * factor
+        if self.dense_opt is not None:
+            for group in self.dense_opt.param_groups:
+                group["lr"] = self.cfg.train.dense_lr * factor
+
     # --- validation -----------------------------------------------------------------------
     def validate(self) -> dict:
         from distgnn.evaluation import Evaluator, infer_all
@@ -258,6 +269,7 @@ class Trainer:
         while self.epoch < cfg.train.epochs and not self.stopped_early:
             if max_steps is not None and self.global_step >= max_steps:
                 break
+            self._set_lr(self.epoch)
             timers: dict[str, float] = {}
             interval = {"loss": 0.0, "steps": 0, "edges": 0, "t": time.perf_counter()}
             bar = tqdm(total=spe, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",

@@ -36,7 +36,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("first_leg", [{"train.epochs": 1}, {"train.max_steps": 3}])
 def test_resume_equals_uninterrupted(tmp_path, parts_dir, first_leg):
-    cfg_path = small_config(tmp_path, parts_dir, model={"dropout": 0.1})
+    cfg_path = small_config(tmp_path, parts_dir, model={"dropout": 0.1}, train={"lr_decay": 0.5})
     full = load_config(cfg_path)
     Trainer(full, tmp_path / "a").train()
     overrides = [f"{k}={v}" for k, v in first_leg.items()]

@@ -18,7 +18,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V",
                    help="override a config field by dotted path, e.g. --set train.batch_size=1024")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: one process (default); ray: not available yet")
+                   help="local: one process (default); ray: Ray Train workers (one per partition), "
+                        "GraphShard and parameter-server actors")
+    p.add_argument("--num-workers", type=int, metavar="N",
+                   help="ray: training workers, one per partition (default: the number of partitions)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, metavar="G",
+                   help="ray: GPUs per worker (default 0: CPU workers with gloo; >0 uses nccl)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="ray: 'auto' or 'ray://HOST:PORT' for an existing cluster (default: start a "
+                        "local Ray instance)")
+    p.add_argument("--max-failures", type=int, default=2, metavar="F",
+                   help="ray: worker failures to recover from (restart from the last checkpoint)")
     p.add_argument("--epochs", type=int, help="overrides train.epochs")
     p.add_argument("--max-steps", type=int, help="overrides train.max_steps (total steps)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
@@ -37,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(args.config, overrides, args.partitions)
-    if args.backend != "local":
-        raise UserError("--backend ray is not available yet; use --backend local")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.backend == "ray":
+        return _run_ray(args, cfg, out)
+    if args.num_workers is not None or args.address or args.gpus_per_worker:
+        raise UserError("--num-workers, --address and --gpus-per-worker need --backend ray")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a directory")
     from distgnn.commands import set_threads
@@ -59,4 +71,21 @@ def run(args: argparse.Namespace) -> int:
                 path.unlink()
     summary = trainer.train(resume=args.resume)
     print(json.dumps(summary))
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, cfg, out: Path) -> int:
+    """Train on Ray, then evaluate the final checkpoint on the driver like the local backend."""
+    if args.resume:
+        raise UserError("--resume is not supported with --backend ray yet: Ray restarts failed workers "
+                        "from the last checkpoint by itself (--max-failures)")
+    if args.overwrite and out.is_dir():
+        import shutil
+        shutil.rmtree(out)
+    from distgnn.ray_runtime import job
+
+    fault = cfg.train.fault.model_dump() if cfg.train.fault.worker is not None else None
+    result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,
+                     max_failures=args.max_failures, fault=fault)
+    print(json.dumps({"run_dir": str(out), **result}))
     return 0
