@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test install clean bench-partition
+.PHONY: demo demo-local test install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,12 +18,23 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The main job on generated data: generate -> partition -> report -> verify.
+# The main job on generated data: generate -> partition -> verify -> train on Ray (2 workers over
+# 2 partitions, a local Ray instance) -> evaluate -> top-K recommendations under the users' own ids.
 demo: $(STAMP)
 	$(BIN)/distgnn gen --interactions 200000 --communities 8 --seed 0 --out $(DEMO_DIR)/data --overwrite
 	$(BIN)/distgnn partition create --train $(DEMO_DIR)/data/train --test $(DEMO_DIR)/data/test \
 		--num-parts 2 --method metis --out $(DEMO_DIR)/parts --overwrite
 	$(BIN)/distgnn partition verify $(DEMO_DIR)/parts --train $(DEMO_DIR)/data/train
+	$(BIN)/distgnn train --config configs/demo.yaml --partitions $(DEMO_DIR)/parts \
+		--backend ray --num-workers 2 --out $(DEMO_DIR)/run --overwrite
+	$(BIN)/distgnn evaluate --run $(DEMO_DIR)/run
+	$(BIN)/distgnn recommend --run $(DEMO_DIR)/run --k 20 --out $(DEMO_DIR)/recs.parquet
+
+# The same training in one process (no Ray).
+demo-local: $(STAMP)
+	$(BIN)/distgnn train --config configs/demo.yaml --partitions $(DEMO_DIR)/parts \
+		--out $(DEMO_DIR)/run-local --overwrite
+	$(BIN)/distgnn evaluate --run $(DEMO_DIR)/run-local
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
