@@ -156,35 +156,43 @@ class LocalEmbeddingStore(EmbeddingStore):
             pq.write_table(table, path / f"{ntype}.parquet")
 
     def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
-        import pandas as pd
-
-        path = Path(path)
         for ntype, (gids, orig) in id_maps.items():
-            f = path / f"{ntype}.parquet"
-            try:
-                table = pq.read_table(f)
-            except (OSError, pa.ArrowException) as exc:
-                raise UserError(f"cannot read checkpoint embeddings {f}: {exc}")
-            meta = json.loads((table.schema.metadata or {}).get(b"distgnn", b"{}"))
-            if meta.get("optimizer") != self.optimizer or meta.get("dim") != self.dim:
-                raise UserError(f"{f} holds {meta.get('optimizer')} embeddings of dim {meta.get('dim')}, "
-                                f"but the config asks for {self.optimizer} with dim {self.dim}; "
-                                f"use a matching config or train a new run")
-            ck_orig = table.column("orig_id").combine_chunks()
-            if ck_orig.type != orig.type:
-                raise UserError(f"{f}: orig ids are {ck_orig.type} but the partitions use {orig.type}; "
-                                f"the checkpoint belongs to other data")
-            pos = pd.Index(ck_orig.to_numpy(zero_copy_only=False)).get_indexer(
-                orig.to_numpy(zero_copy_only=False))
-            if (pos < 0).any():
-                raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
-                                f"no row in the checkpoint; it belongs to other data")
+            pos, cols = read_rows(Path(path), ntype, orig, self.optimizer, self.dim, self._state_names())
             rows = torch.from_numpy(np.array(gids, dtype=np.int64)).to(self.device)
             take = torch.from_numpy(pos)
-            for name in self._state_names():
-                col = table.column(name)
-                if name == "step":
-                    vals = torch.from_numpy(col.to_numpy().astype(np.int64))
-                else:
-                    vals = torch.from_numpy(_from_fixed_list(col, self.dim).copy())
-                getattr(self, name).index_copy_(0, rows, vals[take].to(self.device))
+            for name, vals in cols.items():
+                getattr(self, name).index_copy_(0, rows, torch.from_numpy(vals)[take].to(self.device))
+
+
+def read_rows(path: Path, ntype: str, orig: pa.Array, optimizer: str, dim: int,
+              names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read ``path/<ntype>.parquet`` written by any embedding store's ``save``.
+
+    Returns ``pos`` (for each node of ``orig``, its row in the file) and the state columns by name,
+    after checking the file matches the optimizer, the dimension and the partition's ids. Both the
+    local and the Ray store load through here, so a checkpoint moves between backends and between
+    numbers of shards.
+    """
+    import pandas as pd
+
+    f = path / f"{ntype}.parquet"
+    try:
+        table = pq.read_table(f)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read checkpoint embeddings {f}: {exc}")
+    meta = json.loads((table.schema.metadata or {}).get(b"distgnn", b"{}"))
+    if meta.get("optimizer") != optimizer or meta.get("dim") != dim:
+        raise UserError(f"{f} holds {meta.get('optimizer')} embeddings of dim {meta.get('dim')}, "
+                        f"but the config asks for {optimizer} with dim {dim}; "
+                        f"use a matching config or train a new run")
+    ck_orig = table.column("orig_id").combine_chunks()
+    if ck_orig.type != orig.type:
+        raise UserError(f"{f}: orig ids are {ck_orig.type} but the partitions use {orig.type}; "
+                        f"the checkpoint belongs to other data")
+    pos = pd.Index(ck_orig.to_numpy(zero_copy_only=False)).get_indexer(orig.to_numpy(zero_copy_only=False))
+    if (pos < 0).any():
+        raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
+                        f"no row in the checkpoint; it belongs to other data")
+    cols = {n: (table.column(n).to_numpy().astype(np.int64) if n == "step"
+                else _from_fixed_list(table.column(n), dim).copy()) for n in names}
+    return pos, cols

@@ -38,7 +38,7 @@ import torch
 
 from distgnn import format as fmt
 from distgnn.embedding_store import (EmbeddingStore, LocalEmbeddingStore, OPTIMIZERS, _fixed_list,
-                                     _from_fixed_list)
+                                     read_rows)
 from distgnn.errors import UserError
 from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, get_with_deadline, wait_ready
 
@@ -337,37 +337,10 @@ class RayEmbeddingStore(EmbeddingStore):
     def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
         """Rows by orig id from files written by either store, into this store's shards (any
         number of them: rows are re-keyed by orig id, then routed to their new owners)."""
-        import pandas as pd
-
         self.flush()
-        path = Path(path)
         names = self._state_names()
         for ntype, (gids, orig) in id_maps.items():
-            f = path / f"{ntype}.parquet"
-            try:
-                table = pq.read_table(f)
-            except (OSError, pa.ArrowException) as exc:
-                raise UserError(f"cannot read checkpoint embeddings {f}: {exc}")
-            meta = json.loads((table.schema.metadata or {}).get(b"distgnn", b"{}"))
-            if meta.get("optimizer") != self.optimizer or meta.get("dim") != self.dim:
-                raise UserError(f"{f} holds {meta.get('optimizer')} embeddings of dim {meta.get('dim')}, "
-                                f"but the config asks for {self.optimizer} with dim {self.dim}; "
-                                f"use a matching config or train a new run")
-            ck_orig = table.column("orig_id").combine_chunks()
-            if ck_orig.type != orig.type:
-                raise UserError(f"{f}: orig ids are {ck_orig.type} but the partitions use {orig.type}; "
-                                f"the checkpoint belongs to other data")
-            pos = pd.Index(ck_orig.to_numpy(zero_copy_only=False)).get_indexer(
-                orig.to_numpy(zero_copy_only=False))
-            if (pos < 0).any():
-                raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
-                                f"no row in the checkpoint; it belongs to other data")
-            cols = {}
-            for n in names:
-                if n == "step":
-                    cols[n] = table.column(n).to_numpy().astype(np.int64)
-                else:
-                    cols[n] = _from_fixed_list(table.column(n), self.dim)
+            pos, cols = read_rows(Path(path), ntype, orig, self.optimizer, self.dim, names)
             gids = np.asarray(gids, dtype=np.int64)
             order = np.argsort(gids, kind="stable")
             sorted_gids, sorted_pos = gids[order], pos[order]
