@@ -167,10 +167,24 @@ def test_missing_partition_directory_is_one_clear_error(ray_cluster, tmp_path):
         create_graph_shards(tmp_path / "nope", 1, timeout_s=60)
 
 
+def _wait_until_dead(actor, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ready.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"actor still alive {timeout_s}s after ray.kill")
+
+
 def test_dead_graph_shard_is_a_clear_error(ray_cluster, root, book):
     shards = create_graph_shards(root, 2, timeout_s=60)
     sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=20)
     ray.kill(shards[1])
+    _wait_until_dead(shards[1])  # ray.kill is asynchronous: a call racing it could still succeed
     with pytest.raises(cluster.RayCallError, match=r"GraphShard 1\b.*died"):
         sampler.sample_neighbors(_seeds(book), 2)
     ray.kill(shards[0])
