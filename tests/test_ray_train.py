@@ -6,6 +6,7 @@ tails of the Ray workers' stdout/stderr (distgnn.ray_runtime.testing).
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -48,9 +49,15 @@ def _evaluate(run, capsys) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, data):
-    run = data["tmp"] / "run-ok"
-    assert _train(data, run) == 0
-    return run
+    """Also the relative-path case: Ray workers do not run in the driver's working directory."""
+    old = os.getcwd()
+    os.chdir(data["tmp"])
+    try:
+        assert main(["train", "--config", str(data["cfg"]), "--partitions", "parts", "--backend", "ray",
+                     "--num-workers", "2", "--out", "run-ok"]) == 0
+    finally:
+        os.chdir(old)
+    return data["tmp"] / "run-ok"
 
 
 def test_two_workers_train_end_to_end(uninterrupted, capsys):

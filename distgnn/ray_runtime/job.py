@@ -151,6 +151,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     from distgnn.ray_runtime.ps import RayEmbeddingStore
     from partition.verify import verify_or_raise
 
+    # Ray workers do not share the driver's working directory: hand them an absolute path.
+    cfg.data.partitions = str(Path(cfg.data.partitions).resolve())
     manifest = verify_or_raise(cfg.data.partitions)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
