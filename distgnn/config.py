@@ -94,6 +94,10 @@ class TrainConfig(_Strict):
     popularity_negatives: float = Field(0.0, ge=0.0, le=1.0,
                                         description="fraction of negatives drawn by item popularity")
     popularity_alpha: float = Field(0.75, ge=0.0, description="negatives drawn with p ~ degree^alpha")
+    local_negatives: float = Field(0.0, ge=0.0, le=1.0,
+                                   description="Ray backend: share of the uniform negatives drawn from the "
+                                               "items of the worker's own partition (fewer remote rows "
+                                               "and samples; 0 = uniform over the whole catalogue)")
     shared_negatives: bool = Field(False, description="draw num_negatives items once per minibatch "
                                                       "and score every positive against all of them")
     loss: Literal["bpr", "bce", "softmax"] = Field(

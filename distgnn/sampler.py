@@ -29,23 +29,33 @@ class NegativeSampler:
     """k negatives per positive: uniform over items, ``pop_fraction`` of them by popularity."""
 
     def __init__(self, item_gids: torch.Tensor, item_degrees: torch.Tensor, k: int,
-                 pop_fraction: float = 0.0, alpha: float = 0.75):
+                 pop_fraction: float = 0.0, alpha: float = 0.75,
+                 local_item_gids: torch.Tensor | None = None, local_fraction: float = 0.0):
         self.item_gids = item_gids
         self.k = k
         self.num_pop = int(round(k * pop_fraction))
+        # Partition-local negatives (PyTorch-BigGraph's trick): drawn from the trainer's own
+        # partition, so their embeddings and neighbourhoods are local.
+        self.local_item_gids = local_item_gids
+        self.num_local = (int(round((k - self.num_pop) * local_fraction))
+                          if local_item_gids is not None and len(local_item_gids) else 0)
         weights = item_degrees.to(torch.float64).clamp(min=0) ** alpha
         cdf = torch.cumsum(weights, 0)
         self.cdf = (cdf / cdf[-1]).to(torch.float64)
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """Negative item gids, shape [n, k]."""
-        num_uni = self.k - self.num_pop
+        num_uni = self.k - self.num_pop - self.num_local
         idx = torch.randint(len(self.item_gids), (n, num_uni), generator=gen)
         if self.num_pop:
             u = torch.rand(n, self.num_pop, generator=gen, dtype=torch.float64)
             pop = torch.searchsorted(self.cdf, u).clamp_(max=len(self.item_gids) - 1)
             idx = torch.cat([idx, pop], 1)
-        return self.item_gids[idx]
+        neg = self.item_gids[idx]
+        if self.num_local:
+            local = torch.randint(len(self.local_item_gids), (n, self.num_local), generator=gen)
+            neg = torch.cat([neg, self.local_item_gids[local]], 1)
+        return neg
 
 
 @dataclass

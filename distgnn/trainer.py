@@ -104,6 +104,16 @@ def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Pa
     return parts, path
 
 
+def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
+    """(item gids of the graph store's local partition, fraction) for partition-local negatives;
+    (None, 0) for a store without one (the local backend holds every partition)."""
+    part = getattr(graph, "local_part", None)
+    if part is None or fraction <= 0:
+        return None, 0.0
+    book = graph.book
+    return torch.arange(int(book.item_gid_start[part]), int(book.gid_end[part]), dtype=torch.int64), fraction
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, graph=None, backend: str = "local", emb=None):
         from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler
@@ -114,7 +124,8 @@ class Trainer:
         g = self.p.graph
         item_gids = torch.from_numpy(g.book.item_gids())
         self.negatives = NegativeSampler(item_gids, g.degrees(item_gids), cfg.train.num_negatives,
-                                         cfg.train.popularity_negatives, cfg.train.popularity_alpha)
+                                         cfg.train.popularity_negatives, cfg.train.popularity_alpha,
+                                         *local_items(g, cfg.train.local_negatives))
         self.sampler = EdgeMinibatchSampler(g, cfg.train.fanouts, cfg.train.batch_size, self.negatives,
                                             cfg.train.seed, cfg.train.shared_negatives)
         params = [q for q in self.p.model.parameters() if q.requires_grad]

@@ -102,3 +102,20 @@ def test_shared_negatives_are_one_row_for_the_batch(parts_dir):
     mb = s.sample(torch.arange(32), torch.Generator().manual_seed(0))
     assert mb.neg_item_gid.shape == (1, 16) and mb.neg_pos.shape == (1, 16)
     assert torch.equal(mb.seed_gids[mb.neg_pos], mb.neg_item_gid)
+
+
+def test_partition_local_negatives_come_from_the_local_items():
+    import torch
+
+    from distgnn.sampler import NegativeSampler
+
+    items = torch.arange(100, 200)
+    local = torch.arange(150, 160)
+    gen = torch.Generator().manual_seed(0)
+    neg = NegativeSampler(items, torch.ones(100), k=8, local_item_gids=local, local_fraction=0.5).sample(500, gen)
+    assert neg.shape == (500, 8)
+    assert ((neg[:, 4:] >= 150) & (neg[:, 4:] < 160)).all(), "local share must come from the local items"
+    outside = (neg[:, :4] < 150) | (neg[:, :4] >= 160)
+    assert outside.float().mean() > 0.8, "the rest stays uniform over the catalogue"
+    plain = NegativeSampler(items, torch.ones(100), k=8).sample(500, gen)
+    assert ((plain < 150) | (plain >= 160)).float().mean() > 0.8

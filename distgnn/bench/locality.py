@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, metavar="CFG", help="training config (fanouts, batch, dim)")
     p.add_argument("--train", required=True, metavar="PATH", help="training interactions to partition")
     p.add_argument("--num-parts", type=int, required=True, metavar="P")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V",
+                   help="override a config field, e.g. --set train.local_negatives=1.0")
     p.add_argument("--max-steps", type=int, default=None, metavar="S",
                    help="minibatches per partition (default: a whole epoch); counts are scaled to an epoch")
     p.add_argument("--workdir", metavar="DIR", help="where partitions go (default: a temp dir, removed)")
@@ -61,6 +63,7 @@ def _epoch_traffic(root: Path, cfg, num_parts: int, max_steps: int | None, progr
     from distgnn.ray_runtime.graph_shard import RayGraphStore, create_graph_shards
     from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards
     from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler, step_seed
+    from distgnn.trainer import local_items
 
     book = fmt.PartitionBook.from_manifest(fmt.load_manifest(root))
     graph_shards = create_graph_shards(root, num_parts)
@@ -73,7 +76,8 @@ def _epoch_traffic(root: Path, cfg, num_parts: int, max_steps: int | None, progr
             graph = RayGraphStore(root, graph_shards, local_part=part)
             store = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, local_part=part)
             negatives = NegativeSampler(item_gids, graph.degrees(item_gids), cfg.train.num_negatives,
-                                        cfg.train.popularity_negatives, cfg.train.popularity_alpha)
+                                        cfg.train.popularity_negatives, cfg.train.popularity_alpha,
+                                        *local_items(graph, cfg.train.local_negatives))
             sampler = EdgeMinibatchSampler(graph, cfg.train.fanouts, cfg.train.batch_size, negatives,
                                            cfg.train.seed, cfg.train.shared_negatives)
             steps = sampler.steps_per_epoch()
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--num-parts must be >= 2: with one partition nothing is remote")
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError("--max-steps must be >= 1")
-    cfg = load_config(args.config, partitions="unused")
+    cfg = load_config(args.config, args.overrides, partitions="unused")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="distgnn-locality-") as tmp:
         work = Path(args.workdir or tmp)
@@ -135,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
               for _, key in REPORTED if results["random"].get(key)}
     report = {"command": "distgnn " + shlex.join(sys.argv[1:]), "train": args.train,
               "num_parts": args.num_parts, "fanouts": cfg.train.fanouts, "batch_size": cfg.train.batch_size,
-              "num_negatives": cfg.train.num_negatives, "dim": cfg.model.dim, **results,
+              "num_negatives": cfg.train.num_negatives, "local_negatives": cfg.train.local_negatives,
+              "dim": cfg.model.dim, **results,
               "metis_over_random": ratios}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -146,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"input: {report['train']}, {report['num_parts']} parts, fanouts {report['fanouts']}, "
-             f"batch {report['batch_size']}, {report['num_negatives']} negatives, dim {report['dim']}; "
+             f"batch {report['batch_size']}, {report['num_negatives']} negatives "
+             f"({report['local_negatives']:.0%} partition-local), dim {report['dim']}; "
              f"per epoch ({report['metis']['steps_per_epoch']:.0f} minibatches)\n",
              "| per epoch | METIS | random | METIS / random |", "|---|---|---|---|",
              f"| edge-cut fraction | {report['metis']['edge_cut_fraction']:.4f} | "
