@@ -45,3 +45,13 @@ def logs(tmp_path: Path) -> dict[str, Path]:
     train = write_parquet(tmp_path / "in" / "train.parquet", user_id=train_u, item_id=train_i)
     test = write_parquet(tmp_path / "in" / "test.parquet", user_id=users[is_test], item_id=items[is_test])
     return {"train": train, "test": test, "tmp": tmp_path}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    """A local Ray instance (2 CPUs) per test module, shut down after it; a failing test's report
+    gets the tails of the Ray workers' stdout/stderr."""
+    from distgnn.ray_runtime.testing import ray_for_tests
+
+    with ray_for_tests(request, num_cpus=2) as info:
+        yield info

@@ -16,15 +16,9 @@ from distgnn.graph_store import LocalGraphStore  # noqa: E402
 from distgnn.ray_runtime import cluster  # noqa: E402
 from distgnn.ray_runtime.graph_shard import (DistributedNeighborSampler, RayGraphStore,  # noqa: E402
                                              create_graph_shards)
-from distgnn.ray_runtime.testing import make_partitions, ray_for_tests  # noqa: E402
+from distgnn.ray_runtime.testing import make_partitions  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(request):
-    with ray_for_tests(request, num_cpus=2) as info:
-        yield info
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,11 @@ from distgnn.embedding_store import LocalEmbeddingStore  # noqa: E402
 from distgnn.errors import UserError  # noqa: E402
 from distgnn.ray_runtime import cluster  # noqa: E402
 from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards  # noqa: E402
-from distgnn.ray_runtime.testing import load_id_maps, make_partitions, ray_for_tests  # noqa: E402
+from distgnn.ray_runtime.testing import load_id_maps, make_partitions  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
 DIM = 8
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(request):
-    with ray_for_tests(request, num_cpus=2) as info:
-        yield info
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,12 @@ import pytest
 
 from distgnn import checkpoint as ckpt
 from distgnn.cli import main
-from distgnn.ray_runtime.testing import ray_for_tests
 from tests.train_cfg import small_config
 from tests.train_data import partitioned
 
 pytestmark = pytest.mark.timeout(600)
 
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(request):
-    with ray_for_tests(request, num_cpus=2) as info:
-        yield info
 
 
 @pytest.fixture(scope="module")
