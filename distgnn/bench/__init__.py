@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+from typing import Any, Callable
 
 BENCH_MODULES = [
     "distgnn.bench.partition",
@@ -23,3 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench_sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     for name in BENCH_MODULES:
         importlib.import_module(name).add_parser(bench_sub)
+
+
+def emit(report: dict[str, Any], as_json: bool, table: Callable[[dict[str, Any]], str]) -> int:
+    """Print a benchmark's report as JSON (for scripts) or as its Markdown table (for people)."""
+    print(json.dumps(report, indent=2) if as_json else table(report))
+    return 0

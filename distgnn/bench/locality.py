@@ -10,7 +10,6 @@ are what a training epoch sends, and they do not depend on the hardware.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distgnn.bench import emit
 from distgnn.errors import UserError
 
 METHODS = ("metis", "random")
@@ -142,11 +142,7 @@ def run(args: argparse.Namespace) -> int:
               "num_negatives": cfg.train.num_negatives, "local_negatives": cfg.train.local_negatives,
               "dim": cfg.model.dim, **results,
               "metis_over_random": ratios}
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-    return 0
+    return emit(report, args.json, format_table)
 
 
 def format_table(report: dict[str, Any]) -> str:

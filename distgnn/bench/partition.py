@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distgnn.bench import emit
 from distgnn.errors import UserError
 
 
@@ -64,8 +65,8 @@ def _child(impl: str, train: str, out: str, num_parts: int, timeout: float) -> d
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()[-5:]
-            raise UserError(f"bench: the {impl} side failed (exit {proc.returncode}): {' | '.join(tail)}")
+            tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise UserError(f"bench: the {impl} side failed (exit {proc.returncode}): {' '.join(tail)}")
     result = json.loads(out_text.strip().splitlines()[-1])
     result["peak_rss_bytes"] = rusage.ru_maxrss * 1024
     return result
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         if args.train:
+            from partition.ingest import count_rows
+
+            count_rows(args.train)  # a missing or unreadable input: one line here, not a child traceback
             train = args.train
         else:
             from distgnn.gen import generate
@@ -96,11 +100,7 @@ def run(args: argparse.Namespace) -> int:
         report["speedup"] = d["seconds"] / o["seconds"]
         report["rss_ratio"] = o["peak_rss_bytes"] / d["peak_rss_bytes"]
         report["edge_cut_ratio"] = o["edge_cut_fraction"] / max(d["edge_cut_fraction"], 1e-12)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-    return 0
+    return emit(report, args.json, format_table)
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -71,7 +71,13 @@ def main() -> None:
     import distgnn  # noqa: F401  (sets DGLBACKEND)
     import dgl  # noqa: F401  (imported before timing on both sides: ~1 s of torch/DGL import)
 
-    result = {"ours": run_ours, "dgl": run_dgl}[impl](train, out, num_parts)
+    from distgnn.errors import UserError
+
+    try:
+        result = {"ours": run_ours, "dgl": run_dgl}[impl](train, out, num_parts)
+    except UserError as exc:  # the parent shows the last stderr line: make it this one
+        print(str(exc), file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(result))
 
 
