@@ -51,6 +51,9 @@ class EmbeddingStore(ABC):
     @abstractmethod
     def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None: ...
 
+    def flush(self) -> None:
+        """Wait until every push so far is applied (a store with asynchronous pushes overrides it)."""
+
 
 def _fixed_list(arr: np.ndarray) -> pa.Array:
     arr = np.ascontiguousarray(arr, dtype=np.float32)

@@ -1,9 +1,9 @@
 """Trainer: the minibatch loop over the graph store, sampler, embedding store and model.
 
-One step: sample (minibatch, negatives, L-hop blocks, edge weights) -> gather (pull layer-0
-embeddings of the input nodes) -> forward (GAT, scores, BPR/BCE + L2 on the batch's layer-0
-embeddings) -> backward -> optimizer (push the input embeddings' gradients to the embedding store,
-Adam step on the dense weights). Each stage is timed.
+One step: sample (minibatch, negatives, L-hop blocks, edge weights) -> pull (layer-0 embeddings
+of the input nodes from the embedding store) -> forward (GAT, scores, BPR/BCE + L2 on the batch's
+layer-0 embeddings) -> backward -> push (the input embeddings' gradients to the embedding store)
+-> dense_step (Adam on the GAT weights). Each stage is timed.
 
 The run directory holds ``config.yaml`` (resolved config), ``metrics.jsonl`` (one ``train``
 record per ``log_every`` steps with loss, edges/s and the stage split; one ``valid`` record per
@@ -11,8 +11,12 @@ validation) and ``checkpoints/`` (see ``distgnn.checkpoint``), written at the en
 and when training stops. Validation runs every ``eval_every`` epochs on ``eval.split``; training
 stops early after ``patience`` validations without a better Recall@K.
 
-The graph store, sampler and embedding store are passed in through interfaces, so the Ray
-implementations (next issue) plug in without changing this loop.
+The graph store, sampler and embedding store are passed in through interfaces, and the loop meets
+its peers only through a ``Runtime`` (batches, barriers, the chief's decisions, checkpoint
+reports). The local backend uses the trivial ``Runtime`` below; the Ray backend passes its
+``RayGraphStore``, ``RayEmbeddingStore`` and ``distgnn.ray_runtime.worker.RayTrainRuntime``, so both
+backends run this one loop: the same learning-rate schedule, validation, early stopping,
+``max_steps`` and checkpoints.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from distgnn import format as fmt
 from distgnn.config import Config
 from distgnn.errors import UserError
 
-STAGES = ("sample", "gather", "forward", "backward", "optimizer")
+STAGES = ("sample", "pull", "forward", "backward", "push", "dense_step")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,7 +76,7 @@ class Parts:
 def build(cfg: Config, graph=None, backend: str = "local", emb=None) -> Parts:
     """Graph store + embedding store + model for ``cfg``.
 
-    The local backend builds in-process stores; the Ray backend (``distgnn.ray_runtime.job``)
+    The local backend builds in-process stores; the Ray backend (``launch.job``)
     passes its ``RayGraphStore`` and ``RayEmbeddingStore`` in, and nothing else changes."""
     from distgnn.embedding_store import LocalEmbeddingStore
     from distgnn.graph_store import LocalGraphStore
@@ -114,6 +118,59 @@ def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
     return torch.arange(int(book.item_gid_start[part]), int(book.gid_end[part]), dtype=torch.int64), fraction
 
 
+class Runtime:
+    """Where the training loop meets its peers; the local backend's version: one process, no peers.
+
+    ``distgnn.ray_runtime.worker.RayTrainRuntime`` implements the same hooks for Ray Train workers
+    (equal steps per worker, barriers and broadcasts with deadlines, checkpoints reported to Ray
+    Train), so the epoch loop in ``Trainer.train`` is written once for both backends."""
+
+    rank = 0
+    is_chief = True  # validates, writes checkpoints, decides early stopping
+    show_progress = True
+
+    def prepare(self, trainer: "Trainer", resume: bool) -> bool:
+        """Check the run directory and restore the last checkpoint when resuming; True if restored."""
+        run_dir = trainer.run_dir
+        if resume:
+            last = ckpt.latest(run_dir)
+            if last is None:
+                raise UserError(f"--resume: {run_dir} has no committed checkpoint to resume from; "
+                                f"drop --resume to start a new run")
+            trainer.restore(last)
+        elif ckpt.committed(run_dir) or (run_dir / "metrics.jsonl").exists():
+            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                            f"choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run_dir / "config.yaml", trainer.cfg.to_yaml())
+        return resume
+
+    def batches(self, trainer: "Trainer", epoch: int, start_step: int):
+        """(steps in this epoch, iterator of (step, interaction indices))."""
+        return trainer.sampler.steps_per_epoch(), trainer.sampler.batches(epoch, start_step)
+
+    def before_step(self, trainer: "Trainer", step: int) -> None:
+        """Called before every step (the Ray runtime injects faults here)."""
+
+    def log_fields(self) -> dict:
+        """Extra fields of every ``train`` record (rank, traffic counters, extra stage timers)."""
+        return {}
+
+    def barrier(self, what: str) -> None:
+        """Every worker has reached this point (and its pushes are applied)."""
+
+    def agree(self, value: Any) -> Any:
+        """The chief's ``value``, on every worker."""
+        return value
+
+    def eval_graph(self, trainer: "Trainer"):
+        """The graph store validation runs on (it needs every partition's full neighbourhoods)."""
+        return trainer.p.graph
+
+    def report(self, trainer: "Trainer", record: dict, path: Path | None) -> None:
+        """After each checkpoint (written by the chief only): tell the launcher about it."""
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, graph=None, backend: str = "local", emb=None):
         from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler
@@ -130,6 +187,9 @@ class Trainer:
                                             cfg.train.seed, cfg.train.shared_negatives)
         params = [q for q in self.p.model.parameters() if q.requires_grad]
         self.dense_opt = torch.optim.Adam(params, lr=cfg.train.dense_lr) if params else None
+        # The module that run_step calls: the Ray backend wraps it in DDP; checkpoints, validation
+        # and export always use the plain self.p.model.
+        self.forward_model = self.p.model
         from distgnn.model import LOSSES
         self.loss_fn = LOSSES[cfg.train.loss]
         self.use_norm = cfg.model.edge_norm == "sym" and cfg.model.layers > 0
@@ -149,7 +209,7 @@ class Trainer:
     def run_step(self, idx: torch.Tensor, timers: dict[str, float]) -> float:
         from distgnn.model import link_scores
 
-        cfg, dev, model = self.cfg, self.p.device, self.p.model
+        cfg, dev, model = self.cfg, self.p.device, self.forward_model
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(_seed(cfg.train.seed, self.epoch, self.step_in_epoch))
         mb = self.sampler.sample(idx, gen)
@@ -191,10 +251,11 @@ class Trainer:
                 loss = loss + 0.5 * (rows.pow(2) * coef).sum()
         t4 = time.perf_counter()
         self.p.emb.push(mb.input_gids, x.grad, unique=True)
+        t5 = time.perf_counter()
         if self.dense_opt is not None:
             self.dense_opt.step()
-        t5 = time.perf_counter()
-        for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        t6 = time.perf_counter()
+        for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             timers[name] = timers.get(name, 0.0) + dt
         return float(loss.detach())
 
@@ -207,12 +268,13 @@ class Trainer:
                 group["lr"] = self.cfg.train.dense_lr * factor
 
     # --- validation -----------------------------------------------------------------------
-    def validate(self) -> dict:
+    def validate(self, graph=None) -> dict:
         from distgnn.evaluation import Evaluator, infer_all
 
+        graph = graph or self.p.graph
         if self._evaluator is None:
-            self._evaluator = Evaluator(self.p.graph, self.cfg.eval.split)
-        emb = infer_all(self.p.model, self.p.graph, self.p.emb, self.cfg.eval.node_batch, self.p.device)
+            self._evaluator = Evaluator(graph, self.cfg.eval.split)
+        emb = infer_all(self.p.model, graph, self.p.emb, self.cfg.eval.node_batch, self.p.device)
         return self._evaluator.evaluate(emb, self.cfg.eval.k, self.cfg.eval.user_batch, self.p.device)
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -229,7 +291,9 @@ class Trainer:
         return ckpt.write(self.run_dir, self.global_step, self._meta(), dense,
                           lambda d: self.p.emb.save(d, self.p.id_maps), self.cfg.train.keep_checkpoints)
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path, embeddings: bool = True) -> None:
+        """Load a checkpoint; ``embeddings=False`` skips the embedding store (in the Ray backend one
+        worker reloads the shared parameter server for all)."""
         meta = ckpt.read_meta(path)
         ckpt.check_compatible(path, meta["config"], self.cfg.model_dump(mode="json"))
         dense = ckpt.read_dense(path, self.p.device)
@@ -241,7 +305,8 @@ class Trainer:
             raise UserError(f"checkpoint {path} does not fit this model ({str(exc).splitlines()[0]}); "
                             f"use the run's own config")
         torch.set_rng_state(dense["rng"]["torch"])
-        self.p.emb.load(path / "embeddings", self.p.id_maps)
+        if embeddings:
+            self.p.emb.load(path / "embeddings", self.p.id_maps)
         self.epoch, self.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
         self.global_step, self.train_seconds = meta["global_step"], meta["train_seconds"]
         self.best_value, self.bad_evals = meta["best_value"], meta["bad_evals"]
@@ -252,46 +317,44 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def train(self, resume: bool = False) -> dict:
+    def train(self, resume: bool = False, runtime: Runtime | None = None) -> dict:
+        """Run epochs until ``train.epochs``, ``train.max_steps`` or early stopping.
+
+        Per epoch: set the learning rates -> steps (a ``train`` record every ``log_every``) ->
+        barrier (every push applied) -> validation on the chief every ``eval_every`` epochs, its
+        stop decision shared -> checkpoint by the chief, reported to the runtime."""
         from tqdm import tqdm
 
-        cfg = self.cfg
-        if resume:
-            last = ckpt.latest(self.run_dir)
-            if last is None:
-                raise UserError(f"--resume: {self.run_dir} has no committed checkpoint to resume from; "
-                                f"drop --resume to start a new run")
-            self.restore(last)
-        elif ckpt.committed(self.run_dir) or (self.run_dir / "metrics.jsonl").exists():
-            raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or "
-                            f"choose another --out")
+        cfg, rt = self.cfg, runtime or Runtime()
+        restored = rt.prepare(self, resume)
         if cfg.train.eval_every and cfg.eval.split not in self.p.graph.manifest.get("heldout", {}):
             raise UserError(f"{self.p.graph.root} has no '{cfg.eval.split}' held-out split for validation; "
                             f"partition with --{cfg.eval.split}, or set eval.split=test, "
                             f"or train.eval_every=0")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.run_dir / "config.yaml", cfg.to_yaml())
-
-        spe = self.sampler.steps_per_epoch()
         max_steps = cfg.train.max_steps
         wall0 = time.perf_counter()
-        last_ckpt_step = self.global_step if resume else -1
-        hide = None if cfg.train.progress else True
+        last_ckpt_step = self.global_step if restored else -1
+        hide = None if cfg.train.progress and rt.show_progress else True
         while self.epoch < cfg.train.epochs and not self.stopped_early:
             if max_steps is not None and self.global_step >= max_steps:
                 break
             self._set_lr(self.epoch)
             timers: dict[str, float] = {}
             interval = {"loss": 0.0, "steps": 0, "edges": 0, "t": time.perf_counter()}
+            epoch_loss, epoch_steps = 0.0, 0
+            spe, batches = rt.batches(self, self.epoch, self.step_in_epoch)
             bar = tqdm(total=spe, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                        unit="step", disable=hide, file=sys.stderr, leave=False)
-            for step, idx in self.sampler.batches(self.epoch, self.step_in_epoch):
+            for step, idx in batches:
                 self.step_in_epoch = step
+                rt.before_step(self, step)
                 t = time.perf_counter()
                 loss = self.run_step(idx, timers)
                 self.train_seconds += time.perf_counter() - t
                 self.step_in_epoch = step + 1
                 self.global_step += 1
+                epoch_loss += loss
+                epoch_steps += 1
                 interval["loss"] += loss
                 interval["steps"] += 1
                 interval["edges"] += len(idx)
@@ -299,11 +362,14 @@ class Trainer:
                 last = self.step_in_epoch == spe or (max_steps is not None and self.global_step >= max_steps)
                 if interval["steps"] == cfg.train.log_every or last:
                     now = time.perf_counter()
+                    extra = rt.log_fields()
                     rec = {"type": "train", "epoch": self.epoch, "step": self.global_step,
-                           "loss": interval["loss"] / interval["steps"],
+                           "loss": interval["loss"] / interval["steps"], "edges": interval["edges"],
                            "edges_per_s": interval["edges"] / max(now - interval["t"], 1e-9),
                            "train_seconds": self.train_seconds,
-                           "stage_seconds": {k: round(v, 4) for k, v in timers.items()}}
+                           "stage_seconds": {k: round(v, 4) for k, v in
+                                             {**timers, **extra.pop("stage_seconds", {})}.items()},
+                           **extra}
                     self._log(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", eps=f"{rec['edges_per_s']:.0f}")
                     timers = {}
@@ -315,34 +381,56 @@ class Trainer:
                 break  # max_steps reached mid-epoch
             self.epoch += 1
             self.step_in_epoch = 0
+            self.p.emb.flush()
+            rt.barrier(f"end of epoch {self.epoch}")  # every worker's pushes are in the store
             improved = False
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
-                metrics = self.validate()
-                key = f"recall@{cfg.eval.k}"
-                value = metrics[key]
-                improved = self.best_value is None or value > self.best_value
-                if improved:
-                    self.best_value, self.bad_evals = value, 0
-                else:
-                    self.bad_evals += 1
-                    if cfg.train.patience and self.bad_evals >= cfg.train.patience:
-                        self.stopped_early = True
-                self._log({"type": "valid", "split": cfg.eval.split, "epoch": self.epoch,
-                           "step": self.global_step, "train_seconds": self.train_seconds,
-                           "wall_seconds": time.perf_counter() - wall0, **metrics})
-                print(f"epoch {self.epoch}: {cfg.eval.split} {key}={value:.4f} "
-                      f"ndcg@{cfg.eval.k}={metrics[f'ndcg@{cfg.eval.k}']:.4f}"
-                      + (" (best)" if improved else ""), file=sys.stderr)
-            path = self.save()
+                if rt.is_chief:
+                    improved = self._validate_and_track(rt, wall0)
+                self.stopped_early = rt.agree(self.stopped_early)
+            epoch_record = {"epoch": self.epoch, "step": self.global_step,
+                            "loss": epoch_loss / max(epoch_steps, 1)}
+            self._commit(rt, epoch_record, improved)
             last_ckpt_step = self.global_step
-            if improved:
-                ckpt.mark_best(self.run_dir, path, f"recall@{cfg.eval.k}", self.best_value)
         if last_ckpt_step != self.global_step:
-            self.save()
+            self.p.emb.flush()
+            rt.barrier("final checkpoint")
+            self._commit(rt, {"epoch": self.epoch, "step": self.global_step}, False)
         summary = {"run_dir": str(self.run_dir), "epoch": self.epoch, "global_step": self.global_step,
                    "train_seconds": round(self.train_seconds, 2), "best_recall": self.best_value,
                    "stopped_early": self.stopped_early}
         return summary
+
+    def _validate_and_track(self, rt: Runtime, wall0: float) -> bool:
+        """Validate (chief only), update the best value and the early-stopping state; True if improved."""
+        cfg = self.cfg
+        metrics = self.validate(rt.eval_graph(self))
+        key = f"recall@{cfg.eval.k}"
+        value = metrics[key]
+        improved = self.best_value is None or value > self.best_value
+        if improved:
+            self.best_value, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+            if cfg.train.patience and self.bad_evals >= cfg.train.patience:
+                self.stopped_early = True
+        self._log({"type": "valid", "split": cfg.eval.split, "epoch": self.epoch,
+                   "step": self.global_step, "train_seconds": self.train_seconds,
+                   "wall_seconds": time.perf_counter() - wall0, **metrics})
+        print(f"epoch {self.epoch}: {cfg.eval.split} {key}={value:.4f} "
+              f"ndcg@{cfg.eval.k}={metrics[f'ndcg@{cfg.eval.k}']:.4f}"
+              + (" (best)" if improved else ""), file=sys.stderr)
+        return improved
+
+    def _commit(self, rt: Runtime, record: dict, improved: bool) -> None:
+        """The chief writes a checkpoint (commit marker last); every worker reports."""
+        path = None
+        if rt.is_chief:
+            path = self.save()
+            if improved:
+                ckpt.mark_best(self.run_dir, path, f"recall@{self.cfg.eval.k}", self.best_value)
+            self._log({"type": "checkpoint", **record})
+        rt.report(self, record, path)
 
 
 def _seed(seed: int, epoch: int, step: int) -> int:

@@ -30,7 +30,7 @@ def test_train_writes_run_dir(trained):
     assert (run / "config.yaml").is_file()
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs and all("loss" in r and "edges_per_s" in r for r in recs if r["type"] == "train")
-    assert set(recs[0]["stage_seconds"]) == {"sample", "gather", "forward", "backward", "optimizer"}
+    assert set(recs[0]["stage_seconds"]) == {"sample", "pull", "forward", "backward", "push", "dense_step"}
 
 
 def test_evaluate_json(trained, capsys):

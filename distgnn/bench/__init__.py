@@ -14,6 +14,7 @@ BENCH_MODULES = [
     "distgnn.bench.train",
     "distgnn.bench.locality",
     "distgnn.bench.ps",
+    "distgnn.bench.overhead",
 ]
 
 

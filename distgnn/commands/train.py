@@ -76,16 +76,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_ray(args: argparse.Namespace, cfg, out: Path) -> int:
     """Train on Ray, then evaluate the final checkpoint on the driver like the local backend."""
-    if args.resume:
-        raise UserError("--resume is not supported with --backend ray yet: Ray restarts failed workers "
-                        "from the last checkpoint by itself (--max-failures)")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     if args.overwrite and out.is_dir():
         import shutil
         shutil.rmtree(out)
-    from distgnn.ray_runtime import job
+    from launch import job
 
     fault = cfg.train.fault.model_dump() if cfg.train.fault.worker is not None else None
     result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,
-                     max_failures=args.max_failures, fault=fault)
+                     max_failures=args.max_failures, fault=fault, resume=args.resume)
     print(json.dumps({"run_dir": str(out), **result}))
     return 0

@@ -162,17 +162,19 @@ class PartitionCSC:
             offs = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
             pos = np.arange(total, dtype=np.int64) + offs
             return np.array(self.indices[pos]), np.repeat(seeds, counts)
-        threads = torch.get_num_threads()
+        from dgl.utils import get_num_threads, set_num_threads
+
+        threads = get_num_threads()
         if rng_seed is not None:
             dgl.seed(int(rng_seed))
-            torch.set_num_threads(1)  # DGL's per-thread RNGs: one thread makes a seed reproducible
+            set_num_threads(1)  # DGL's per-thread RNGs: one thread makes a seed reproducible
         try:
             sg = dgl.sampling.sample_neighbors(
                 self.g, {"dst": torch.from_numpy(local)}, int(fanout), replace=False,
                 exclude_edges=None if eids is None else {ETYPE: torch.from_numpy(eids)},
                 copy_ndata=False, copy_edata=False)
         finally:
-            torch.set_num_threads(threads)
+            set_num_threads(threads)
         s, d = sg.edges(etype=ETYPE)
         return s.numpy(), d.numpy() + self.gid_start
 
@@ -383,24 +385,26 @@ class DistributedNeighborSampler:
 
 
 def edges_to_block(seed_gids: torch.Tensor, src_gid: torch.Tensor, dst_gid: torch.Tensor):
+    """A DGL block of the sampled edges: dst nodes are the seeds (in order), src nodes the seeds
+    followed by the other sources in ascending gid. One ``torch.unique`` over seeds, sources and
+    destinations relabels everything, so the cost grows with the sampled edges only."""
     import dgl
 
-    seeds = seed_gids.cpu().numpy().astype(np.int64, copy=False)
-    s, d = src_gid.numpy(), dst_gid.numpy()
-    others = np.setdiff1d(np.unique(s), seeds, assume_unique=False)
-    src_nodes = np.concatenate([seeds, others])
-    order = np.argsort(src_nodes, kind="stable")
-    src_sorted = src_nodes[order]
-    src_idx = order[np.searchsorted(src_sorted, s)]
-    seed_order = np.argsort(seeds, kind="stable")
-    dst_idx = seed_order[np.searchsorted(seeds[seed_order], d)]
-    block = dgl.create_block((torch.from_numpy(src_idx), torch.from_numpy(dst_idx)),
-                             num_src_nodes=len(src_nodes), num_dst_nodes=len(seeds),
-                             idtype=torch.int64)
-    src_t = torch.from_numpy(src_nodes)
-    block.srcdata[dgl.NID] = src_t
-    block.dstdata[dgl.NID] = torch.from_numpy(seeds.copy())
-    return block, src_t
+    seeds = seed_gids.cpu().to(torch.int64)
+    n, m = len(seeds), len(src_gid)
+    uniq, inverse = torch.unique(torch.cat([seeds, src_gid, dst_gid]), return_inverse=True)
+    is_seed = torch.zeros(len(uniq), dtype=torch.bool)
+    is_seed[inverse[:n]] = True
+    new_id = torch.empty(len(uniq), dtype=torch.int64)
+    new_id[inverse[:n]] = torch.arange(n)
+    others = ~is_seed
+    new_id[others] = n + torch.arange(int(others.sum()))
+    src_nodes = torch.cat([seeds, uniq[others]])
+    block = dgl.create_block((new_id[inverse[n:n + m]], new_id[inverse[n + m:]]),
+                             num_src_nodes=len(src_nodes), num_dst_nodes=n, idtype=torch.int64)
+    block.srcdata[dgl.NID] = src_nodes
+    block.dstdata[dgl.NID] = seeds.clone()
+    return block, src_nodes
 
 
 class RayGraphStore(GraphStore):

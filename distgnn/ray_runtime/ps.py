@@ -70,12 +70,19 @@ class _PSShard:
                  lr: float = 0.01, init_std: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, seed: int = 0, num_threads: int = 1,
                  crash_after_pushes: int | None = None):
+        import ray as _ray
+
         torch.set_num_threads(max(1, int(num_threads)))
         self.part_id, self.gid_start, self.gid_end = int(part_id), int(gid_start), int(gid_end)
-        self.store = LocalEmbeddingStore(self.gid_end - self.gid_start, dim, optimizer=optimizer, lr=lr,
-                                         init_std=init_std, betas=betas, eps=eps,
-                                         seed=shard_seed(seed, part_id))
-        self.crash_after_pushes = crash_after_pushes
+        self._init_args = dict(num_rows=self.gid_end - self.gid_start, dim=dim, optimizer=optimizer, lr=lr,
+                               init_std=init_std, betas=betas, eps=eps, seed=shard_seed(seed, part_id))
+        self.store = LocalEmbeddingStore(**self._init_args)
+        # A shard Ray restarted after a crash starts from its initial rows (the trainers then reload
+        # the last checkpoint); injected faults fire once, not again in the restarted actor.
+        with warnings.catch_warnings():  # Ray's own property reads a deprecated attribute
+            warnings.simplefilter("ignore")
+            self.restarted = bool(_ray.get_runtime_context().was_current_actor_reconstructed)
+        self.crash_after_pushes = None if self.restarted else crash_after_pushes
         self.stats = {"pull_calls": 0, "pull_rows": 0, "push_calls": 0, "push_rows": 0,
                       "busy_s": 0.0}
 
@@ -104,6 +111,15 @@ class _PSShard:
         if self.crash_after_pushes is not None and self.stats["push_calls"] >= self.crash_after_pushes:
             os._exit(17)  # fault injection for restart tests
         return len(gids)
+
+    def set_lr(self, lr: float) -> None:
+        self.store.lr = float(lr)
+
+    def reset(self) -> None:
+        """Back to the initial rows and optimizer state (a restart before the first checkpoint)."""
+        lr = self.store.lr
+        self.store = LocalEmbeddingStore(**self._init_args)
+        self.store.lr = lr
 
     def get_rows(self, gids: np.ndarray) -> dict[str, np.ndarray]:
         """Weights and optimizer state of the given rows."""
@@ -134,11 +150,14 @@ class _PSShard:
         import ray as _ray
 
         return {"part_id": self.part_id, "gid_start": self.gid_start, "gid_end": self.gid_end,
-                "dim": self.store.dim, "optimizer": self.store.optimizer,
+                "dim": self.store.dim, "optimizer": self.store.optimizer, "lr": self.store.lr,
+                "restarted": self.restarted,
                 "node_id": _ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-PSShard = ray.remote(num_cpus=0, max_restarts=0)(_PSShard)
+# A crashed shard is restarted once by Ray (calls in flight fail; the trainers' restart reloads the
+# last checkpoint into every shard); calls are never retried, since a retried push would apply twice.
+PSShard = ray.remote(num_cpus=0, max_restarts=1, max_task_retries=0)(_PSShard)
 
 
 def create_ps_shards(book: fmt.PartitionBook, dim: int, optimizer: str = "adam", lr: float = 0.01,
@@ -172,7 +191,7 @@ class RayEmbeddingStore(EmbeddingStore):
 
     def __init__(self, shards: Sequence, book: fmt.PartitionBook, dim: int, optimizer: str = "adam",
                  local_part: int | None = None, timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
-                 max_pending_pushes: int = 0):
+                 max_pending_pushes: int = 0, lr: float | None = None):
         if len(shards) != book.num_parts:
             raise ValueError(f"{len(shards)} shards for a partition book of {book.num_parts} parts")
         if optimizer not in OPTIMIZERS:
@@ -185,7 +204,29 @@ class RayEmbeddingStore(EmbeddingStore):
         self.timeout_s = float(timeout_s)
         self.max_pending_pushes = int(max_pending_pushes)
         self._pending: list[tuple[list, list[str]]] = []
+        self._lr = lr  # the value the shards were created with (None: unknown)
         self.reset_counters()
+
+    # --- learning rate (the trainer sets it every epoch: lr_decay) ----------------------------
+    @property
+    def lr(self) -> float | None:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """Every worker sets the same per-epoch value; shards are only called when it changes."""
+        if self._lr is not None and float(value) == self._lr:
+            return
+        self.flush()
+        self._wait([s.set_lr.remote(float(value)) for s in self.shards],
+                   [f"PSShard {p}" for p in range(len(self.shards))], "set_lr")
+        self._lr = float(value)
+
+    def reset(self) -> None:
+        """Every shard back to its initial rows and optimizer state."""
+        self.flush()
+        self._wait([s.reset.remote() for s in self.shards],
+                   [f"PSShard {p}" for p in range(len(self.shards))], "reset")
 
     # Shipped to Ray Train workers: handles and the book travel, in-flight state does not.
     def __getstate__(self):

@@ -1,0 +1,217 @@
+"""The Ray Train worker: ``Trainer.train`` (the same loop as the local backend) with a Ray runtime.
+
+Worker ``rank`` trains partition ``rank``. Its graph store is a ``RayGraphStore`` whose own
+partition is mapped zero-copy from the object store (remote seeds go to the other GraphShards),
+its embedding store the shared ``RayEmbeddingStore`` (the parameter-server shards), and its dense
+weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
+
+``RayTrainRuntime`` fills in the loop's hooks (``distgnn.trainer.Runtime``):
+
+- **equal steps**: every worker runs ``steps_per_epoch`` steps (the largest partition's count;
+  smaller partitions start their next shuffled pass instead of idling), so DDP's all-reduces,
+  barriers and ``ray.train.report`` calls line up;
+- **barriers and broadcasts** go through torch.distributed, whose process group carries the job's
+  deadline (``TorchConfig(timeout_s)``): a dead peer is an error, not a hang;
+- **validation** runs on rank 0 over a ``LocalGraphStore`` of the partition directory (full-graph
+  inference needs every partition) while the others wait; rank 0's early-stopping decision is
+  broadcast;
+- **checkpoints**: rank 0 writes dense weights + a PS snapshot (commit marker last) and reports it
+  to Ray Train; after a restart (``FailureConfig``) every worker resumes from it and the PS shards
+  are reloaded from its snapshot, so no update before it is lost;
+- **observability**: each ``train`` record carries the rank, the sampler's and PS client's traffic
+  counters, and the stage split of the issue (sample_local, sample_remote, pull, forward,
+  backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
+  backward).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from distgnn.trainer import Runtime, Trainer
+
+STARTED_MARKER = ".ray-started"
+
+
+def equal_batches(sampler, epoch: int, start_step: int, steps: int):
+    """``steps`` minibatches of the sampler's interactions for ``epoch``, wrapping around.
+
+    Every worker must run the same number of steps (DDP all-reduces and ``ray.train.report`` calls
+    must line up), but partitions hold different numbers of interactions: a smaller one starts
+    its next shuffled pass instead of idling.
+    """
+    import torch
+
+    bs = sampler.batch_size
+    need = steps * bs
+    orders, n = [], 0
+    k = 0
+    while n < need:
+        orders.append(sampler.epoch_order(epoch * 1000 + k))  # distinct shuffle per extra pass
+        n += len(orders[-1])
+        k += 1
+    order = torch.cat(orders)
+    for step in range(start_step, steps):
+        yield step, order[step * bs:(step + 1) * bs]
+
+
+def steps_per_epoch(manifest: dict, batch_size: int) -> int:
+    """Equal steps for every worker: the largest partition's interactions / batch size."""
+    most = max(p["num_train_interactions"] for p in manifest["parts"])
+    return max(1, -(-most // batch_size))
+
+
+class RayTrainRuntime(Runtime):
+    """``Runtime`` hooks for a Ray Train worker (see the module doc)."""
+
+    show_progress = False  # the driver shows one bar for the job
+
+    def __init__(self, rank: int, world_size: int, steps: int, graph, emb, fault: dict | None,
+                 resume_from: str | None):
+        self.rank, self.world_size = rank, world_size
+        self.is_chief = rank == 0
+        self.steps = steps
+        self.graph, self.emb = graph, emb
+        self.fault = fault or {}
+        self.resume_from = resume_from
+        self._eval_graph = None
+        self._allreduce = {"s": 0.0}
+        self._last_sampler: dict[str, float] = {}
+
+    # --- setup ------------------------------------------------------------------------------
+    def wrap_model(self, trainer: Trainer) -> None:
+        """DDP for the dense weights (Ray Train's process group), with a timed all-reduce hook."""
+        import ray.train.torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        if trainer.dense_opt is None:  # no trainable dense weights (e.g. MF): nothing to all-reduce
+            return
+        model = ray.train.torch.prepare_model(trainer.p.model, move_to_device=False)
+        if isinstance(model, DistributedDataParallel):
+            model.register_comm_hook(self._allreduce, _timed_allreduce)
+        trainer.forward_model = model
+
+    def prepare(self, trainer: Trainer, resume: bool) -> bool:
+        """Resume from Ray Train's checkpoint after a restart, else from ``--resume``'s, else start
+        afresh; after a restart with no checkpoint yet the PS shards are re-initialised, since a
+        restarted shard (or the surviving ones' partial updates) must not leak into the new start."""
+        import ray.train
+        import torch.distributed as dist
+
+        run_dir = trainer.run_dir
+        marker = run_dir / STARTED_MARKER
+        checkpoint = ray.train.get_checkpoint()
+        restored = True
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                trainer.restore(Path(d), embeddings=self.is_chief)
+        elif self.resume_from:
+            trainer.restore(Path(self.resume_from), embeddings=self.is_chief)
+        else:
+            restored = False
+        if not restored and marker.exists() and self.is_chief:
+            print("restart before the first checkpoint: re-initialising the parameter server",
+                  file=sys.stderr, flush=True)
+            self.emb.reset()
+        if self.is_chief:
+            marker.write_text("")
+        dist.barrier()
+        return restored
+
+    # --- the loop's hooks -------------------------------------------------------------------
+    def batches(self, trainer: Trainer, epoch: int, start_step: int):
+        return self.steps, equal_batches(trainer.sampler, epoch, start_step, self.steps)
+
+    def before_step(self, trainer: Trainer, step: int) -> None:
+        f = self.fault
+        if f.get("worker") == self.rank and f.get("epoch", 0) == trainer.epoch and f.get("step") == step:
+            marker = trainer.run_dir / f".fault-injected-rank{self.rank}-epoch{trainer.epoch}-step{step}"
+            if not marker.exists():  # crash once, not again after the restart
+                marker.write_text("")
+                print(f"fault injection: worker {self.rank} exits at epoch {trainer.epoch} step {step}",
+                      file=sys.stderr, flush=True)
+                os._exit(3)
+
+    def log_fields(self) -> dict:
+        sampler = self.graph.sampler.counters()
+        stages = {"sample_local": sampler["sample_local_s"] - self._last_sampler.get("sample_local_s", 0.0),
+                  "sample_remote": sampler["sample_remote_wait_s"]
+                  - self._last_sampler.get("sample_remote_wait_s", 0.0),
+                  "all_reduce": self._allreduce["s"]}
+        self._last_sampler = sampler
+        self._allreduce["s"] = 0.0
+        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()}}
+
+    def barrier(self, what: str) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def agree(self, value: Any) -> Any:
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def eval_graph(self, trainer: Trainer):
+        from distgnn.graph_store import LocalGraphStore
+
+        if self._eval_graph is None:
+            self._eval_graph = LocalGraphStore(trainer.cfg.data.partitions)
+        return self._eval_graph
+
+    def report(self, trainer: Trainer, record: dict, path: Path | None) -> None:
+        import ray.train
+        import torch.distributed as dist
+
+        if path is not None:
+            ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+        else:
+            ray.train.report(record)
+        dist.barrier()
+
+
+def _timed_allreduce(state: dict, bucket):
+    """DDP's default all-reduce (mean), timed from launch to completion."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    t = time.perf_counter()
+    fut = default_hooks.allreduce_hook(None, bucket)
+
+    def done(f):
+        state["s"] += time.perf_counter() - t
+        return f.value()
+
+    return fut.then(done)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs inside each Ray Train worker: worker ``rank`` trains partition ``rank``."""
+    import ray.train
+    import torch
+
+    from distgnn.config import config_from_dict
+    from distgnn.ray_runtime.graph_shard import RayGraphStore
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    cfg = config_from_dict(loop_config["config"], "config")
+    graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_part=rank,
+                          timeout_s=loop_config["timeout_s"])
+    emb = loop_config["emb"]
+    emb.local_part = rank
+    trainer = Trainer(cfg, loop_config["run_dir"], graph=graph, backend="ray", emb=emb)
+    # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; DGL's kernels (SpMM, SDDMM, edge softmax in
+    # GATConv) read OpenMP's setting, torch's ops its own: set both.
+    threads = max(1, int(loop_config["threads_per_worker"]))
+    torch.set_num_threads(threads)
+    from dgl.utils import set_num_threads
+    set_num_threads(threads)
+    runtime = RayTrainRuntime(rank, ctx.get_world_size(), int(loop_config["steps_per_epoch"]), graph, emb,
+                              loop_config.get("fault"), loop_config.get("resume_from"))
+    runtime.wrap_model(trainer)
+    trainer.train(resume=False, runtime=runtime)
