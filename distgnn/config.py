@@ -72,6 +72,9 @@ class EmbeddingConfig(_Strict):
     init_std: float = Field(0.1, gt=0)
     eps: float = Field(1e-8, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    shared_memory: bool = Field(True, description="Ray backend: a trainer reads and updates its own "
+                                                  "partition's rows in the co-located PS shard's "
+                                                  "shared memory instead of calling it")
     async_pushes: int = Field(0, ge=0, description="Ray backend: gradient pushes a worker may have in "
                                                    "flight (0 = synchronous; k bounds staleness to k "
                                                    "steps, see docs/architecture.md)")

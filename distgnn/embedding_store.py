@@ -85,6 +85,34 @@ class LocalEmbeddingStore(EmbeddingStore):
         else:
             self.sum_sq = torch.zeros_like(self.weight)
 
+    # --- shared memory (the Ray backend's co-located fast path) ------------------------------
+    def move_to_files(self, prefix: str) -> dict[str, tuple[str, list[int], str]]:
+        """Back every state tensor by a shared file mapping ``prefix.<name>`` (in /dev/shm), so
+        another process on the node can ``attach`` the same rows; returns that spec."""
+        spec = {}
+        for name in self._state_names():
+            cur = getattr(self, name)
+            path = f"{prefix}.{name}"
+            mapped = _map_file(path, list(cur.shape), cur.dtype)
+            mapped.copy_(cur)
+            setattr(self, name, mapped)
+            spec[name] = (path, list(cur.shape), str(cur.dtype).removeprefix("torch."))
+        return spec
+
+    @classmethod
+    def attach(cls, spec: dict[str, tuple[str, list[int], str]], optimizer: str, lr: float,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> "LocalEmbeddingStore":
+        """A store over rows another process placed in shared files (``move_to_files``): pulls
+        read them and pushes update them in place, with no copy and no call."""
+        self = cls.__new__(cls)
+        self.optimizer, self.lr, self.betas, self.eps = optimizer, float(lr), tuple(betas), float(eps)
+        self.device = torch.device("cpu")
+        for name in self._state_names():
+            path, shape, dtype = spec[name]
+            setattr(self, name, _map_file(path, shape, getattr(torch, dtype)))
+        self.num_rows, self.dim = self.weight.shape
+        return self
+
     # --- pull / push ----------------------------------------------------------------------
     def pull(self, gids: torch.Tensor) -> torch.Tensor:
         return self.weight.index_select(0, gids.to(self.device))
@@ -165,6 +193,11 @@ class LocalEmbeddingStore(EmbeddingStore):
             take = torch.from_numpy(pos)
             for name, vals in cols.items():
                 getattr(self, name).index_copy_(0, rows, torch.from_numpy(vals)[take].to(self.device))
+
+
+def _map_file(path: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    numel = int(np.prod(shape)) if shape else 1
+    return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(*shape)
 
 
 def read_rows(path: Path, ntype: str, orig: pa.Array, optimizer: str, dim: int,

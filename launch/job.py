@@ -17,8 +17,10 @@ Kubernetes (``examples/rayjob.yaml``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -72,7 +74,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s)
+        shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
+        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -103,6 +106,10 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
             raise RayCallError(f"Ray training failed (after up to {max_failures} restarts): {last}; "
                                f"worker logs are under {info.get('session_dir') or 'the Ray session dir'}")
         finally:
+            if shm_dir:  # the shards remove their shared rows on their nodes, then go
+                with contextlib.suppress(RayCallError):
+                    cluster.get_with_deadline([s.close.remote() for s in ps_shards], 30, "closing PS shards")
+                shutil.rmtree(shm_dir, ignore_errors=True)
             for actor in graph_shards + ps_shards:
                 ray.kill(actor)
     finally:
@@ -111,10 +118,19 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir))}
 
 
-def _start_shards(cfg, book, timeout_s: float) -> tuple[list, list]:
+def _shm_dir() -> str | None:
+    """A fresh directory name on the nodes' tmpfs for the PS shards' shared rows (None if the
+    driver's node has no /dev/shm; each shard also checks its own node and falls back to calls)."""
+    import uuid
+
+    return f"/dev/shm/distgnn-{uuid.uuid4().hex[:12]}" if os.path.isdir("/dev/shm") else None
+
+
+def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list]:
     """One GraphShard per partition, spread over the nodes, and each partition's parameter-server
     shard on the same node as its GraphShard (node affinity), so a partition's structure and rows
-    live together. Both are 0-CPU actors: they fit beside the training workers."""
+    live together. Both are 0-CPU actors: they fit beside the training workers. With ``shm_dir``
+    each shard keeps its rows in shared memory there, for the trainer on its node to map."""
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.graph_shard import create_graph_shards
     from distgnn.ray_runtime.ps import create_ps_shards
@@ -127,7 +143,7 @@ def _start_shards(cfg, book, timeout_s: float) -> tuple[list, list]:
                                  cfg.embedding.init_std, tuple(cfg.embedding.betas), cfg.embedding.eps,
                                  seed=cfg.train.seed, scheduling_strategies=strategies, timeout_s=timeout_s,
                                  crash=(cfg.train.fault.ps_shard, cfg.train.fault.ps_after_pushes)
-                                 if cfg.train.fault.ps_shard is not None else None)
+                                 if cfg.train.fault.ps_shard is not None else None, shm_dir=shm_dir)
     return graph_shards, ps_shards
 
 

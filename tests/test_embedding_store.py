@@ -86,3 +86,19 @@ def test_load_rejects_other_optimizer_and_missing_ids(tmp_path):
     other = {"user": (np.array([0]), pa.array([99])), "item": (np.array([1]), pa.array([11]))}
     with pytest.raises(UserError, match="no row in the checkpoint"):
         LocalEmbeddingStore(2, 3, optimizer="adam").load(tmp_path, other)
+
+
+def test_rows_moved_to_shared_files_are_updated_in_place_by_an_attached_store(tmp_path):
+    """The Ray backend's co-located path: the shard moves its rows to files, the trainer attaches
+    and pushes; the shard sees the update with no copy, and the optimizer state is shared too."""
+    owner = LocalEmbeddingStore(50, 8, optimizer="adam", lr=0.1, seed=4)
+    reference = LocalEmbeddingStore(50, 8, optimizer="adam", lr=0.1, seed=4)
+    spec = owner.move_to_files(str(tmp_path / "ps0"))
+    assert torch.equal(owner.weight, reference.weight)
+    view = LocalEmbeddingStore.attach(spec, "adam", 0.1)
+    gids, grads = torch.tensor([3, 7, 7, 20]), torch.randn(4, 8)
+    view.push(gids, grads)
+    reference.push(gids, grads)
+    for name in ("weight", "exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(getattr(owner, name), getattr(reference, name)), name
+    assert torch.equal(view.pull(gids), reference.pull(gids))

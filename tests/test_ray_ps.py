@@ -95,7 +95,10 @@ class _Barrier:
 
 
 @ray.remote(num_cpus=1)
-def _push_many(store, batches, barrier):
+def _push_many(store, batches, barrier, local_part=None):
+    if local_part is not None:  # this client updates its own partition's rows in shared memory
+        store.local_part = local_part
+        assert store.attach_local(), "the shard's shared rows were not mapped"
     ray.get(barrier.wait.remote(), timeout=90)
     t0 = time.time()
     for gids, grads in batches:
@@ -112,14 +115,20 @@ def _batches(seed: int, num_nodes: int, n: int = 40, rows: int = 200):
              rng.standard_normal((rows, DIM)).astype(np.float32)) for _ in range(n)]
 
 
-def test_concurrent_pushes_from_two_clients_add_up(ray_cluster, parts):
+@pytest.mark.parametrize("shared", [False, True], ids=["calls", "shared-memory"])
+def test_concurrent_pushes_from_two_clients_add_up(ray_cluster, parts, tmp_path, shared):
     """Two Ray tasks push at once; the result is the sum of their single-client updates.
+
+    shared-memory: each client owns one partition and updates its rows in the shard's shared
+    memory while the other client's pushes to them go through the shard: the row lock must make
+    the two paths atomic with each other.
 
     Adagrad with lr = eps = 1e8 is SGD with lr 1 (to 1e-7 relative): the weight change is then
     linear in the gradients, and Adagrad's accumulator sum_sq is a sum in any order."""
     book = _book(parts[(2, "metis")])
     kw = dict(optimizer="adagrad", lr=1e8, eps=1e8)
-    shards = create_ps_shards(book, DIM, seed=1, timeout_s=60, **kw)
+    shards = create_ps_shards(book, DIM, seed=1, timeout_s=60, shm_dir=str(tmp_path) if shared else None,
+                              **kw)
     try:
         store = RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=60)
         w0 = _state(store)
@@ -134,8 +143,8 @@ def test_concurrent_pushes_from_two_clients_add_up(ray_cluster, parts):
 
         barrier = _Barrier.remote(2)
         (s1, e1, c1), (s2, e2, c2) = cluster.get_with_deadline(
-            [_push_many.remote(store, a, barrier), _push_many.remote(store, b, barrier)], 120,
-            "two pushing tasks")
+            [_push_many.remote(store, a, barrier, 0 if shared else None),
+             _push_many.remote(store, b, barrier, 1 if shared else None)], 120, "two pushing tasks")
         got = store.state_dict()
         for name in ("weight", "sum_sq"):
             want = w0[name] + singles[0][name] + singles[1][name]
@@ -146,10 +155,11 @@ def test_concurrent_pushes_from_two_clients_add_up(ray_cluster, parts):
         touched_a = set(np.concatenate([g for g, _ in a]).tolist())
         touched_b = set(np.concatenate([g for g, _ in b]).tolist())
         assert len(touched_a & touched_b) > 50
-        # every shard request a client sent was served (no client has a local shard here)
+        # every shard request a client sent was served; own-partition rows went through memory
         served = sum(c["push_calls"] for c in store.shard_counters())
         assert c1["push_calls"] == c2["push_calls"] == 40
-        assert served == c1["requests_remote"] + c2["requests_remote"] > 80
+        assert served == c1["requests_remote"] + c2["requests_remote"] >= 80
+        assert (c1["push_rows_local"] > 0) == shared
     finally:
         _kill(shards)
 

@@ -16,15 +16,26 @@ atomic: concurrent pushes from several workers are serialised, none is lost.
   pushes are in flight. Ray runs one caller's calls to an actor in submission order, so a worker
   always reads its own writes; only other workers' updates can be that many pushes late;
 - traffic counters: rows and bytes pulled/pushed, split into local (the shard of ``local_part``,
-  the partition this worker trains on, co-located with it) and remote;
+  the partition this worker trains on, co-located with it) and remote, and how many local rows
+  went through shared memory (``*_rows_mapped``);
+- co-located fast path (``attach_local``): a shard created with ``shm_dir`` keeps its rows and
+  optimizer state in files on the node's tmpfs; the trainer of that partition maps them and pulls
+  and pushes its own partition's rows as memory accesses, not calls, as DGL's trainers read their
+  local KVStore partition through shared memory. Pushes from both paths take the shard's
+  ``RowLock`` (``flock``), so they stay atomic with each other (tested: concurrent pushes add
+  up); pulls do not lock (a row being updated may be read half-updated, as in Hogwild);
 - ``save``/``load`` write and read the same files as ``LocalEmbeddingStore`` (orig-id keyed
   Parquet with optimizer state), shard by shard, so a checkpoint moves between the local and the
   Ray backend and loads into any number of shards (resharding is a re-keying by orig id).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -63,13 +74,38 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
+class RowLock:
+    """An exclusive lock on a shard's rows shared by the shard actor and its co-located trainer
+    (``flock`` on a file next to the shared rows): pushes, loads and resets are atomic between
+    the two processes. Without a file (rows not shared) it is a no-op: an actor runs one method at
+    a time anyway."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RowLock":
+        if self.path is not None:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def __getstate__(self):
+        return {"path": self.path, "_fd": None}
+
+
 class _PSShard:
     """Embedding rows ``[gid_start, gid_end)`` with their optimizer state (see module doc)."""
 
     def __init__(self, part_id: int, gid_start: int, gid_end: int, dim: int, optimizer: str = "adam",
                  lr: float = 0.01, init_std: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, seed: int = 0, num_threads: int = 1,
-                 crash_after_pushes: int | None = None):
+                 crash_after_pushes: int | None = None, shm_dir: str | None = None):
         import ray as _ray
 
         torch.set_num_threads(max(1, int(num_threads)))
@@ -77,6 +113,8 @@ class _PSShard:
         self._init_args = dict(num_rows=self.gid_end - self.gid_start, dim=dim, optimizer=optimizer, lr=lr,
                                init_std=init_std, betas=betas, eps=eps, seed=shard_seed(seed, part_id))
         self.store = LocalEmbeddingStore(**self._init_args)
+        self.shm = self._share(shm_dir)
+        self.lock = RowLock(self.shm["lock"] if self.shm else None)
         # A shard Ray restarted after a crash starts from its initial rows (the trainers then reload
         # the last checkpoint); injected faults fire once, not again in the restarted actor.
         with warnings.catch_warnings():  # Ray's own property reads a deprecated attribute
@@ -85,6 +123,43 @@ class _PSShard:
         self.crash_after_pushes = None if self.restarted else crash_after_pushes
         self.stats = {"pull_calls": 0, "pull_rows": 0, "push_calls": 0, "push_rows": 0,
                       "busy_s": 0.0}
+
+    def _share(self, shm_dir: str | None) -> dict | None:
+        """Move the rows and optimizer state to files in ``shm_dir`` (a tmpfs such as /dev/shm), so
+        the trainer on this node reads and updates them in place (``RayEmbeddingStore``), if the
+        tmpfs has room; else the shard keeps them private and every access is a call."""
+        import ray as _ray
+
+        if not shm_dir:
+            return None
+        need = sum(t.numel() * t.element_size() for t in self.store.state_dict().values())
+        try:
+            os.makedirs(shm_dir, exist_ok=True)
+            if shutil.disk_usage(shm_dir).free < 1.5 * need:
+                print(f"PSShard {self.part_id}: {shm_dir} has no room for {need / 2**20:.0f} MiB; "
+                      f"the co-located trainer will use calls", file=sys.stderr)
+                return None
+        except OSError:
+            return None
+        prefix = os.path.join(shm_dir, f"ps{self.part_id}-{os.getpid()}")
+        spec = self.store.move_to_files(prefix)
+        return {"prefix": prefix, "spec": spec, "lock": prefix + ".lock",
+                "node_id": _ray.get_runtime_context().get_node_id(), "gid_start": self.gid_start}
+
+    def shm_spec(self) -> dict | None:
+        """Where the shared rows are, and the optimizer settings to update them with."""
+        if self.shm is None:
+            return None
+        return {**self.shm, "lr": self.store.lr, "betas": list(self.store.betas), "eps": self.store.eps}
+
+    def close(self) -> None:
+        """Remove this shard's shared files (the driver calls it before killing the shard)."""
+        if self.shm:
+            for path, _, _ in self.shm["spec"].values():
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            with contextlib.suppress(OSError):
+                os.remove(self.shm["lock"])
 
     def _local(self, gids: np.ndarray) -> torch.Tensor:
         gids = np.asarray(gids, dtype=np.int64)
@@ -104,7 +179,8 @@ class _PSShard:
 
     def push(self, gids: np.ndarray, grads: np.ndarray, unique: bool = False) -> int:
         t = time.perf_counter()
-        self.store.push(self._local(gids), _tensor(np.asarray(grads, dtype=np.float32)), unique=unique)
+        with self.lock:
+            self.store.push(self._local(gids), _tensor(np.asarray(grads, dtype=np.float32)), unique=unique)
         self.stats["push_calls"] += 1
         self.stats["push_rows"] += len(gids)
         self.stats["busy_s"] += time.perf_counter() - t
@@ -116,10 +192,10 @@ class _PSShard:
         self.store.lr = float(lr)
 
     def reset(self) -> None:
-        """Back to the initial rows and optimizer state (a restart before the first checkpoint)."""
-        lr = self.store.lr
-        self.store = LocalEmbeddingStore(**self._init_args)
-        self.store.lr = lr
+        """Back to the initial rows and optimizer state (a restart before the first checkpoint);
+        written in place, since a co-located trainer may have the rows mapped."""
+        with self.lock:
+            self.store.load_state_dict(LocalEmbeddingStore(**self._init_args).state_dict())
 
     def get_rows(self, gids: np.ndarray) -> dict[str, np.ndarray]:
         """Weights and optimizer state of the given rows."""
@@ -132,16 +208,18 @@ class _PSShard:
         names = self.store._state_names()
         if sorted(state) != sorted(names):
             raise ValueError(f"state has {sorted(state)}, expected {sorted(names)}")
-        for n in names:
-            cur = getattr(self.store, n)
-            cur.index_copy_(0, local, _tensor(np.asarray(state[n])).to(cur.dtype))
+        with self.lock:
+            for n in names:
+                cur = getattr(self.store, n)
+                cur.index_copy_(0, local, _tensor(np.asarray(state[n])).to(cur.dtype))
         return len(local)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {n: v.numpy() for n, v in self.store.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.store.load_state_dict({n: _tensor(np.asarray(v)) for n, v in state.items()})
+        with self.lock:
+            self.store.load_state_dict({n: _tensor(np.asarray(v)) for n, v in state.items()})
 
     def counters(self) -> dict[str, Any]:
         return dict(self.stats, part_id=self.part_id)
@@ -151,7 +229,7 @@ class _PSShard:
 
         return {"part_id": self.part_id, "gid_start": self.gid_start, "gid_end": self.gid_end,
                 "dim": self.store.dim, "optimizer": self.store.optimizer, "lr": self.store.lr,
-                "restarted": self.restarted,
+                "restarted": self.restarted, "shared_memory": self.shm is not None,
                 "node_id": _ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
@@ -165,7 +243,7 @@ def create_ps_shards(book: fmt.PartitionBook, dim: int, optimizer: str = "adam",
                      eps: float = 1e-8, seed: int = 0,
                      scheduling_strategies: Sequence[Any] | None = None, num_cpus: float = 0,
                      timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
-                     crash: tuple[int, int] | None = None) -> list:
+                     crash: tuple[int, int] | None = None, shm_dir: str | None = None) -> list:
     """One ``PSShard`` per partition of ``book``; returns their handles once all are constructed.
 
     ``scheduling_strategies[p]`` places shard ``p`` (e.g. ``cluster.bundle_strategy(pg, p)`` to share
@@ -181,7 +259,8 @@ def create_ps_shards(book: fmt.PartitionBook, dim: int, optimizer: str = "adam",
         shards.append(PSShard.options(**opts).remote(
             p, int(book.gid_start[p]), int(book.gid_end[p]), dim, optimizer=optimizer, lr=lr,
             init_std=init_std, betas=betas, eps=eps, seed=seed,
-            crash_after_pushes=crash[1] if crash is not None and crash[0] == p else None))
+            crash_after_pushes=crash[1] if crash is not None and crash[0] == p else None,
+            shm_dir=shm_dir))
     wait_ready(shards, timeout_s, f"starting {len(shards)} parameter-server shards")
     return shards
 
@@ -205,7 +284,28 @@ class RayEmbeddingStore(EmbeddingStore):
         self.max_pending_pushes = int(max_pending_pushes)
         self._pending: list[tuple[list, list[str]]] = []
         self._lr = lr  # the value the shards were created with (None: unknown)
+        self._view: LocalEmbeddingStore | None = None  # local_part's rows, mapped (attach_local)
+        self._view_lock = RowLock(None)
+        self._view_start = 0
         self.reset_counters()
+
+    def attach_local(self) -> bool:
+        """Map ``local_part``'s rows if its shard shares them on this node: then pulls and pushes
+        of the trainer's own partition's rows are memory accesses (under the shard's row lock),
+        not calls. True if attached."""
+        import ray as _ray
+
+        if self.local_part is None:
+            return False
+        spec = self._wait([self.shards[self.local_part].shm_spec.remote()], [f"PSShard {self.local_part}"],
+                          "shm_spec")[0]
+        if not spec or spec["node_id"] != _ray.get_runtime_context().get_node_id():
+            return False
+        self._view = LocalEmbeddingStore.attach(spec["spec"], self.optimizer, spec["lr"],
+                                                tuple(spec["betas"]), spec["eps"])
+        self._view_lock = RowLock(spec["lock"])
+        self._view_start = int(spec["gid_start"])
+        return True
 
     # --- learning rate (the trainer sets it every epoch: lr_decay) ----------------------------
     @property
@@ -221,6 +321,8 @@ class RayEmbeddingStore(EmbeddingStore):
         self._wait([s.set_lr.remote(float(value)) for s in self.shards],
                    [f"PSShard {p}" for p in range(len(self.shards))], "set_lr")
         self._lr = float(value)
+        if self._view is not None:
+            self._view.lr = self._lr
 
     def reset(self) -> None:
         """Every shard back to its initial rows and optimizer state."""
@@ -233,6 +335,8 @@ class RayEmbeddingStore(EmbeddingStore):
         state = self.__dict__.copy()
         state["_pending"] = []
         state["_counters"] = None
+        state["_view"] = None  # mapped again on the receiving node (attach_local)
+        state["_view_lock"] = RowLock(None)
         return state
 
     def __setstate__(self, state):
@@ -244,7 +348,8 @@ class RayEmbeddingStore(EmbeddingStore):
         keys = [f"{op}_{what}_{where}" for op in ("pull", "push") for what in ("rows", "bytes")
                 for where in ("local", "remote")]
         self._counters = dict.fromkeys(keys, 0)
-        self._counters.update(pull_calls=0, push_calls=0, requests_remote=0, wait_s=0.0)
+        self._counters.update(pull_calls=0, push_calls=0, requests_remote=0, wait_s=0.0,
+                              pull_rows_mapped=0, push_rows_mapped=0)
 
     def counters(self) -> dict[str, float]:
         return dict(self._counters)
@@ -280,12 +385,17 @@ class RayEmbeddingStore(EmbeddingStore):
         g = gids.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
         uniq, inverse = np.unique(g, return_inverse=True)
         runs = self._split(uniq)
-        refs = [self.shards[p].pull.remote(uniq[lo:hi]) for p, lo, hi in runs]  # all sent first
+        mapped = [r for r in runs if self._view is not None and r[0] == self.local_part]
+        remote = [r for r in runs if r not in mapped]
+        refs = [self.shards[p].pull.remote(uniq[lo:hi]) for p, lo, hi in remote]  # all sent first
         out = np.empty((len(uniq), self.dim), dtype=np.float32)
         for (p, lo, hi) in runs:
             self._count("pull", p, hi - lo)
-        results = self._wait(refs, [f"PSShard {p}" for p, _, _ in runs], f"pull of {len(uniq)} rows")
-        for (p, lo, hi), rows in zip(runs, results):
+        for (p, lo, hi) in mapped:  # meanwhile, the own partition's rows from shared memory
+            out[lo:hi] = self._view.pull(torch.from_numpy(uniq[lo:hi] - self._view_start)).numpy()
+            self._counters["pull_rows_mapped"] += hi - lo
+        results = self._wait(refs, [f"PSShard {p}" for p, _, _ in remote], f"pull of {len(uniq)} rows")
+        for (p, lo, hi), rows in zip(remote, results):
             out[lo:hi] = rows
         self._counters["pull_calls"] += 1
         return torch.from_numpy(out)[torch.from_numpy(inverse)]
@@ -303,11 +413,17 @@ class RayEmbeddingStore(EmbeddingStore):
             gids, grads = gids[order], grads[order]
         g, v = gids.numpy(), grads.numpy()
         runs = self._split(g)
-        refs = [self.shards[p].push.remote(g[lo:hi], v[lo:hi], True) for p, lo, hi in runs]
+        mapped = [r for r in runs if self._view is not None and r[0] == self.local_part]
+        remote = [r for r in runs if r not in mapped]
+        refs = [self.shards[p].push.remote(g[lo:hi], v[lo:hi], True) for p, lo, hi in remote]
         for (p, lo, hi) in runs:
             self._count("push", p, hi - lo)
+        for (p, lo, hi) in mapped:  # the own partition's rows, in place, atomic with the shard's pushes
+            with self._view_lock:
+                self._view.push(torch.from_numpy(g[lo:hi] - self._view_start), grads[lo:hi], unique=True)
+            self._counters["push_rows_mapped"] += hi - lo
         self._counters["push_calls"] += 1
-        self._pending.append((refs, [f"PSShard {p}" for p, _, _ in runs]))
+        self._pending.append((refs, [f"PSShard {p}" for p, _, _ in remote]))
         while len(self._pending) > self.max_pending_pushes:
             r, names = self._pending.pop(0)
             self._wait(r, names, f"push of {len(g)} rows")

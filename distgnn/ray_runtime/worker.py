@@ -204,6 +204,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                           timeout_s=loop_config["timeout_s"])
     emb = loop_config["emb"]
     emb.local_part = rank
+    emb.attach_local()  # own partition's rows through shared memory, if its shard is on this node
     trainer = Trainer(cfg, loop_config["run_dir"], graph=graph, backend="ray", emb=emb)
     # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; DGL's kernels (SpMM, SDDMM, edge softmax in
     # GATConv) read OpenMP's setting, torch's ops its own: set both.
