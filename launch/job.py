@@ -32,7 +32,8 @@ from distgnn.errors import RayCallError, UserError
 
 def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, address: str | None,
         max_failures: int = 2, fault: dict | None = None, timeout_s: float = 300.0,
-        stall_timeout_s: float = 600.0, resume: bool = False) -> dict[str, Any]:
+        stall_timeout_s: float = 600.0, resume: bool = False,
+        barrier_timeout_s: float = 1800.0) -> dict[str, Any]:
     """Build the Ray job, run it; return Ray Train's final metrics and the last checkpoint's path.
 
     ``resume``: continue the run in ``run_dir`` from its last committed checkpoint (the same
@@ -93,7 +94,11 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker}
                                                                             if use_gpu else {})}),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=int(timeout_s)),
+            # The process group's deadline bounds every barrier and broadcast; it must cover rank 0's
+            # validation, during which the other workers wait (a dead peer fails sooner: Ray Train
+            # sees the process go and tears the group down).
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo",
+                                     timeout_s=int(max(timeout_s, barrier_timeout_s))),
             run_config=RunConfig(name=run_name, storage_path=str((run_dir / "ray").resolve()),
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))

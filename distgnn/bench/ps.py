@@ -3,14 +3,17 @@
 Both sides run the same loop on the same id stream: pull a minibatch of rows, push a gradient of
 the same shape (dedup + sum + row-wise optimizer step). The reference is ``LocalEmbeddingStore``
 in this process; ours is ``RayEmbeddingStore`` over one ``PSShard`` actor per partition of a
-contiguous gid range, on a local Ray instance.
+contiguous gid range, on a local Ray instance: every shard by call, then (as a trainer sees it in
+a job) shard 0 co-located and mapped through shared memory, the others by call.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -88,6 +91,17 @@ def run(args: argparse.Namespace) -> int:
             results["ray_ps_async"] = _loop(store, ids, args.dim, args.seconds)
         for s in shards:
             ray.kill(s)
+        # The trainer's view in a job: its own partition's shard (0) co-located and mapped through
+        # shared memory, the other shards by call.
+        shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="distgnn-bench-ps-", dir=shm_root) as shm_dir:
+            shards = create_ps_shards(book, args.dim, args.optimizer, shm_dir=shm_dir)
+            store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_part=0)
+            if store.attach_local():
+                results["ray_ps_shm"] = _loop(store, ids, args.dim, args.seconds)
+                results["ray_ps_shm"]["counters"] = store.counters()
+            for s in shards:
+                ray.kill(s)
     finally:
         shutdown()
     base = results["in_process"]["rows_per_s"]
@@ -101,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
           f"{args.shards} shards, {args.seconds:.0f} s per side\n")
     print("| store | rows/s (pull + push) | vs in-process |\n|---|---|---|")
     names = {"in_process": "LocalEmbeddingStore (in-process)", "ray_ps": "RayEmbeddingStore (sync pushes)",
-             "ray_ps_async": f"RayEmbeddingStore ({args.async_pushes} async pushes in flight)"}
+             "ray_ps_async": f"RayEmbeddingStore ({args.async_pushes} async pushes in flight)",
+             "ray_ps_shm": "RayEmbeddingStore, shard 0 co-located (shared memory), others by call"}
     for key, res in results.items():
         print(f"| {names[key]} | {res['rows_per_s']:,.0f} | {report['ratios'][key]:.2f}x |")
     return 0

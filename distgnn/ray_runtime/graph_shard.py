@@ -203,7 +203,7 @@ class _GraphShard:
         manifest = fmt.load_manifest(self.root)
         self.book = fmt.PartitionBook.from_manifest(manifest)
         if not 0 <= self.part_id < self.book.num_parts:
-            raise UserError(f"partition {part_id} does not exist in {root} (it has {self.book.num_parts})")
+            raise UserError(f"partition {self.part_id} does not exist in {self.root} (it has {self.book.num_parts})")
         src, dst = fmt.read_part_edges(self.root, self.part_id)
         built = PartitionCSC.from_edges(self.part_id, self.book, src, dst)
         del src, dst
