@@ -80,10 +80,11 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
+        threads = max(1, min(cfg.train.threads, total_cpus // num_workers))
         loop_config = {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
                        "graph_shards": graph_shards, "emb": emb, "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
-                       "threads_per_worker": max(1, min(cfg.train.threads, total_cpus // num_workers)),
+                       "threads_per_worker": threads,
                        "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size)}
         use_gpu = gpus_per_worker > 0
         # A fresh Ray Train run name per invocation: a resumed job starts from our checkpoint
@@ -101,7 +102,10 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                      timeout_s=int(max(timeout_s, barrier_timeout_s))),
             run_config=RunConfig(name=run_name, storage_path=str((run_dir / "ray").resolve()),
                                  failure_config=FailureConfig(max_failures=max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; OpenMP reads it
+                                 # at process start (the worker also sets its threads at run time)
+                                 worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}))
         try:
             result = _fit_with_watchdog(trainer, run_dir, cfg.train.epochs, stall_timeout_s)
         except RayCallError:

@@ -8,7 +8,9 @@ points, one after the other in this run:
   actors, the zero-copy mapped partition, every pull and push a Ray call, DDP set up by Ray Train.
 
 Throughput is training edges/s from each run's metrics.jsonl, over the steps after the first
-``log_every`` interval (warm-up: Ray worker start, first DGL calls). Start-up time is reported
+``log_every`` interval (warm-up: Ray worker start, first DGL calls). The two sides alternate for
+``--rounds`` rounds and the medians are compared: on a shared machine one run's speed varies by
+several percent, more than the cost being measured. Start-up time is reported
 separately (wall time minus training time), since it does not grow with the data.
 """
 from __future__ import annotations
@@ -41,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=60, metavar="S", help="training steps per side (default 60)")
     p.add_argument("--log-every", type=int, default=10, metavar="K",
                    help="steps per throughput interval; the first interval is warm-up (default 10)")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="alternate local and Ray runs this many times; medians are reported, since "
+                        "run-to-run spread is several percent on a shared machine (default 3)")
     p.add_argument("--workdir", metavar="DIR", help="where the partition and runs go (default: temp dir)")
     p.add_argument("--json", action="store_true", help="print the results as a JSON object")
     p.set_defaults(handler=run)
@@ -72,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
     from launch import job
     from partition.pipeline import CreateOptions, create
 
+    if args.rounds < 1:
+        raise UserError("--rounds must be at least 1")
     if args.steps < 2 * args.log_every:
         raise UserError(f"--steps {args.steps} must be at least 2 x --log-every ({args.log_every}): the "
                         f"first interval is warm-up")
     overrides = [*args.overrides, f"train.max_steps={args.steps}", f"train.log_every={args.log_every}",
                  "train.eval_every=0", "train.progress=false", "train.epochs=1000"]
     report: dict[str, Any] = {"command": "distgnn " + shlex.join(sys.argv[1:]), "train": args.train,
-                              "steps": args.steps}
+                              "steps": args.steps, "rounds": args.rounds}
     with tempfile.TemporaryDirectory(prefix="distgnn-overhead-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -86,19 +93,26 @@ def run(args: argparse.Namespace) -> int:
         if not (parts / "manifest.json").exists():
             create(CreateOptions(train=args.train, out=str(parts), num_parts=1, method="random",
                                  overwrite=True, progress=not args.json))
-        for side in ("local", "ray"):
-            cfg = load_config(args.config, overrides, partitions=str(parts))
-            run_dir = work / f"run-{side}-{time.strftime('%H%M%S')}"
-            print(f"[overhead] {side}: {args.steps} steps ...", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            if side == "local":
-                Trainer(cfg, run_dir).train()
-            else:
-                job.run(cfg, run_dir, num_workers=1, gpus_per_worker=0, address=None, max_failures=0)
-            wall = time.perf_counter() - start
-            eps, intervals = steady_edges_per_s(run_dir)
-            report[side] = {"edges_per_s": round(eps, 1), "intervals": intervals, "wall_s": round(wall, 1),
-                            "stage_seconds": _stage_split(run_dir)}
+        runs: dict[str, list[dict]] = {"local": [], "ray": []}
+        for rnd in range(args.rounds):
+            for side in ("local", "ray"):
+                cfg = load_config(args.config, overrides, partitions=str(parts))
+                run_dir = work / f"run-{side}-{rnd}-{time.strftime('%H%M%S')}"
+                print(f"[overhead] round {rnd + 1}/{args.rounds} {side}: {args.steps} steps ...",
+                      file=sys.stderr, flush=True)
+                start = time.perf_counter()
+                if side == "local":
+                    Trainer(cfg, run_dir).train()
+                else:
+                    job.run(cfg, run_dir, num_workers=1, gpus_per_worker=0, address=None, max_failures=0)
+                wall = time.perf_counter() - start
+                eps, intervals = steady_edges_per_s(run_dir)
+                runs[side].append({"edges_per_s": round(eps, 1), "intervals": intervals,
+                                   "wall_s": round(wall, 1), "stage_seconds": _stage_split(run_dir)})
+        for side, results in runs.items():
+            ordered = sorted(results, key=lambda r: r["edges_per_s"])
+            report[side] = {**ordered[len(ordered) // 2],
+                            "rounds_edges_per_s": [r["edges_per_s"] for r in results]}
         cfg = load_config(args.config, overrides, partitions=str(parts))
     report.update(batch_size=cfg.train.batch_size, fanouts=cfg.train.fanouts,
                   num_negatives=cfg.train.num_negatives, dim=cfg.model.dim, threads=cfg.train.threads,
@@ -110,10 +124,13 @@ def run(args: argparse.Namespace) -> int:
 def format_table(r: dict[str, Any]) -> str:
     lines = [f"input: {r['train']} (1 partition), batch {r['batch_size']}, fanouts {r['fanouts']}, "
              f"{r['num_negatives']} negatives, dim {r['dim']}, {r['threads']} threads, "
-             f"async pushes {r['async_pushes']}; {r['steps']} steps per side, first interval excluded\n",
+             f"async pushes {r['async_pushes']}; {r['steps']} steps per run, first interval excluded; "
+             f"median of {r['rounds']} alternating rounds (stages: the median run's)\n",
              "| | local backend | Ray backend, 1 worker | Ray / local |", "|---|---|---|---|",
              f"| training edges/s | {r['local']['edges_per_s']:,.0f} | {r['ray']['edges_per_s']:,.0f} | "
              f"{r['ray_over_local']:.3f} |",
+             "| edges/s of each round | " + ", ".join(f"{x:,.0f}" for x in r["local"]["rounds_edges_per_s"])
+             + " | " + ", ".join(f"{x:,.0f}" for x in r["ray"]["rounds_edges_per_s"]) + " | |",
              f"| wall time incl. start-up (s) | {r['local']['wall_s']:.1f} | {r['ray']['wall_s']:.1f} | |"]
     stages = sorted(set(r["local"]["stage_seconds"]) | set(r["ray"]["stage_seconds"]))
     for s in stages:
