@@ -379,32 +379,29 @@ class DistributedNeighborSampler:
                      rng_seed: int | None = None):
         """``GraphStore.sample_block``'s contract: a DGL block whose dst nodes are ``seed_gids``
         (unique, in order) and whose src nodes are the seeds followed by the other sampled
-        sources (ascending gid); returns ``(block, src_gids)``."""
+        sources; returns ``(block, src_gids)``."""
         src, dst = self.sample_neighbors(seed_gids, fanout, exclude, rng_seed)
-        return edges_to_block(seed_gids, src, dst)
+        return edges_to_block(seed_gids, src, dst, self.book.num_nodes)
 
 
-def edges_to_block(seed_gids: torch.Tensor, src_gid: torch.Tensor, dst_gid: torch.Tensor):
-    """A DGL block of the sampled edges: dst nodes are the seeds (in order), src nodes the seeds
-    followed by the other sources in ascending gid. One ``torch.unique`` over seeds, sources and
-    destinations relabels everything, so the cost grows with the sampled edges only."""
+def edges_to_block(seed_gids: torch.Tensor, src_gid: torch.Tensor, dst_gid: torch.Tensor,
+                   num_nodes: int | None = None):
+    """A DGL block of the sampled edges (gid space): dst nodes are the seeds (in order), src nodes
+    the seeds followed by the other sources in order of first appearance, as DGL's ``to_block``
+    numbers them.
+
+    The order matters for speed, not for results: sources numbered as the dst-grouped edges meet
+    them are gathered almost sequentially by GATConv's kernels, while sources in gid order make
+    those gathers random (forward and backward were 15-30% slower; docs/architecture.md D13)."""
     import dgl
 
     seeds = seed_gids.cpu().to(torch.int64)
-    n, m = len(seeds), len(src_gid)
-    uniq, inverse = torch.unique(torch.cat([seeds, src_gid, dst_gid]), return_inverse=True)
-    is_seed = torch.zeros(len(uniq), dtype=torch.bool)
-    is_seed[inverse[:n]] = True
-    new_id = torch.empty(len(uniq), dtype=torch.int64)
-    new_id[inverse[:n]] = torch.arange(n)
-    others = ~is_seed
-    new_id[others] = n + torch.arange(int(others.sum()))
-    src_nodes = torch.cat([seeds, uniq[others]])
-    block = dgl.create_block((new_id[inverse[n:n + m]], new_id[inverse[n + m:]]),
-                             num_src_nodes=len(src_nodes), num_dst_nodes=n, idtype=torch.int64)
-    block.srcdata[dgl.NID] = src_nodes
-    block.dstdata[dgl.NID] = seeds.clone()
-    return block, src_nodes
+    if num_nodes is None:
+        num_nodes = int(max(int(seeds.max()) if len(seeds) else -1,
+                            int(src_gid.max()) if len(src_gid) else -1)) + 1
+    frontier = dgl.graph((src_gid, dst_gid), num_nodes=num_nodes, idtype=torch.int64)
+    block = dgl.to_block(frontier, dst_nodes=seeds)
+    return block, block.srcdata[dgl.NID]
 
 
 class RayGraphStore(GraphStore):
