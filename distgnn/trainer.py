@@ -109,13 +109,14 @@ def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Pa
 
 
 def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
-    """(item gids of the graph store's local partition, fraction) for partition-local negatives;
-    (None, 0) for a store without one (the local backend holds every partition)."""
-    part = getattr(graph, "local_part", None)
-    if part is None or fraction <= 0:
+    """(item gids of the graph store's local partitions, fraction) for partition-local negatives;
+    (None, 0) for a store without them (the local backend holds every partition)."""
+    parts = getattr(graph, "local_parts", None)
+    if not parts or fraction <= 0:
         return None, 0.0
     book = graph.book
-    return torch.arange(int(book.item_gid_start[part]), int(book.gid_end[part]), dtype=torch.int64), fraction
+    return torch.cat([torch.arange(int(book.item_gid_start[p]), int(book.gid_end[p]), dtype=torch.int64)
+                      for p in parts]), fraction
 
 
 class Runtime:

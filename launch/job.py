@@ -3,7 +3,8 @@
 connect to Ray (a local embedded instance by default, or ``--address``) -> check the partitions
 and the cluster's resources -> one GraphShard actor per partition (spread over the nodes) and its
 parameter-server shard on the same node -> a Ray Train ``TorchTrainer`` with one worker per
-partition, each on one GPU (``--gpus-per-worker``) or CPU slot, restarted from the last checkpoint
+partition or group of partitions (worker r of N trains partitions r, r + N, ...), each on one GPU
+(``--gpus-per-worker``) or CPU slot, restarted from the last checkpoint
 by ``FailureConfig`` -> wait, with a progress bar fed by the workers' metrics.jsonl and a stall
 deadline -> the committed checkpoint, which ``distgnn evaluate``/``recommend`` read exactly as
 for the local backend.
@@ -54,10 +55,11 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     manifest = verify_or_raise(cfg.data.partitions)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
-    if num_workers != book.num_parts:
-        raise UserError(f"--num-workers {num_workers} does not match the {book.num_parts} partitions in "
-                        f"{cfg.data.partitions}: each worker trains one partition; re-partition with "
-                        f"--num-parts {num_workers} or pass --num-workers {book.num_parts}")
+    if not 1 <= num_workers <= book.num_parts:
+        raise UserError(f"--num-workers {num_workers} does not fit the {book.num_parts} partitions in "
+                        f"{cfg.data.partitions}: each worker trains one or more whole partitions; pass "
+                        f"--num-workers between 1 and {book.num_parts}, or re-partition with "
+                        f"--num-parts {max(num_workers, 1)}")
     resume_from = None
     if resume:
         resume_from = ckpt.latest(run_dir)
@@ -85,7 +87,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                        "graph_shards": graph_shards, "emb": emb, "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
                        "threads_per_worker": threads,
-                       "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size)}
+                       "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size, num_workers)}
         use_gpu = gpus_per_worker > 0
         # A fresh Ray Train run name per invocation: a resumed job starts from our checkpoint
         # (resume_from), not from Ray's record of the earlier run.

@@ -59,10 +59,10 @@ def _seeds(book, n=150, seed=0) -> torch.Tensor:
     return torch.unique(torch.randint(0, book.num_nodes, (n,), generator=g))
 
 
-@pytest.mark.parametrize("local_part", [0, None])
+@pytest.mark.parametrize("local_parts", [[0], [], [0, 1]], ids=["part0", "none", "both"])
 @pytest.mark.parametrize("with_exclude", [False, True])
-def test_fanout_all_equals_local_store(shards, local, book, local_part, with_exclude):
-    sampler = DistributedNeighborSampler(shards, book, local_part=local_part, timeout_s=60)
+def test_fanout_all_equals_local_store(shards, local, book, local_parts, with_exclude):
+    sampler = DistributedNeighborSampler(shards, book, local_parts=local_parts, timeout_s=60)
     seeds = _seeds(book)
     assert len(np.unique(book.part_of(seeds.numpy()))) == 2
     exclude = None
@@ -81,14 +81,14 @@ def test_fanout_all_equals_local_store(shards, local, book, local_part, with_exc
         full = _local_edges(local, seeds, -1)
         assert len(full) > len(want)  # the exclusion removed something
     c = sampler.counters()
-    # one request per remote partition for the hop; the local part made no Ray call
-    assert c["remote_requests"] == (1 if local_part == 0 else 2)
-    if local_part == 0:
-        assert c["local_seeds"] == int((book.part_of(seeds.numpy()) == 0).sum())
+    # one request per remote partition for the hop; the local parts made no Ray call
+    assert c["remote_requests"] == 2 - len(local_parts)
+    owner = book.part_of(seeds.numpy())
+    assert c["local_seeds"] == int(np.isin(owner, local_parts).sum())
 
 
 def test_fanout_k_is_a_subset_without_replacement_and_reproducible(shards, local, book):
-    sampler = DistributedNeighborSampler(shards, book, local_part=1, timeout_s=60)
+    sampler = DistributedNeighborSampler(shards, book, local_parts=[1], timeout_s=60)
     seeds = _seeds(book, seed=1)
     users, items = local.train_interactions()
     exclude = (users[:200], items[:200])
@@ -117,8 +117,8 @@ def test_fanout_k_is_a_subset_without_replacement_and_reproducible(shards, local
 
 
 def test_local_partition_is_mapped_zero_copy(shards, book, root):
-    sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=60)
-    csc = sampler.local
+    sampler = DistributedNeighborSampler(shards, book, local_parts=[0], timeout_s=60)
+    csc = sampler.local[0]
     for arr in (csc.indptr, csc.indices):
         assert not arr.flags.writeable and not arr.flags.owndata  # object-store pages, not a copy
     indptr_t, indices_t, _ = csc.g.adj_tensors("csc", etype=("src", "e", "dst"))
@@ -131,7 +131,7 @@ def test_local_partition_is_mapped_zero_copy(shards, book, root):
 
 
 def test_sample_block_follows_graph_store_contract(shards, book, local):
-    sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=60)
+    sampler = DistributedNeighborSampler(shards, book, local_parts=[0], timeout_s=60)
     seeds = _seeds(book, seed=2)
     block, src_gids = sampler.sample_block(seeds, 4)
     assert block.num_dst_nodes() == len(seeds)
@@ -147,7 +147,7 @@ def test_sample_block_follows_graph_store_contract(shards, book, local):
 
 def test_ray_graph_store_matches_local_store(shards, root, local, book):
     for p in (0, 1):
-        rg = RayGraphStore(root, shards, local_part=p, timeout_s=60)
+        rg = RayGraphStore(root, shards, local_parts=[p], timeout_s=60)
         lp = LocalGraphStore(root, parts=[p])
         ru, ri = rg.train_interactions()
         lu, li = lp.train_interactions()
@@ -176,7 +176,7 @@ def _wait_until_dead(actor, timeout_s: float = 30.0) -> None:
 
 def test_dead_graph_shard_is_a_clear_error(ray_cluster, root, book):
     shards = create_graph_shards(root, 2, timeout_s=60)
-    sampler = DistributedNeighborSampler(shards, book, local_part=0, timeout_s=20)
+    sampler = DistributedNeighborSampler(shards, book, local_parts=[0], timeout_s=20)
     ray.kill(shards[1])
     _wait_until_dead(shards[1])  # ray.kill is asynchronous: a call racing it could still succeed
     with pytest.raises(cluster.RayCallError, match=r"GraphShard 1\b.*died"):
@@ -205,3 +205,14 @@ def test_shards_of_a_partition_share_a_placement_group_bundle(ray_cluster, root,
             cluster.placement_group([{"CPU": 1}] * 3, timeout_s=2)
     finally:
         remove_placement_group(pg)
+
+
+def test_workers_cover_every_partition_once():
+    from distgnn.ray_runtime.worker import assigned_parts
+
+    for num_parts in (1, 2, 5, 8):
+        for workers in range(1, num_parts + 1):
+            got = [assigned_parts(r, workers, num_parts) for r in range(workers)]
+            assert sorted(p for parts in got for p in parts) == list(range(num_parts))
+            assert all(got), "every worker trains something"
+            assert max(map(len, got)) - min(map(len, got)) <= 1

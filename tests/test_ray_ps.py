@@ -53,7 +53,7 @@ def test_client_matches_in_process_store(ray_cluster, parts, opt):
     book = _book(parts[(2, "metis")])
     shards = create_ps_shards(book, DIM, optimizer=opt, lr=0.05, seed=3, timeout_s=60)
     try:
-        store = RayEmbeddingStore(shards, book, DIM, opt, local_part=0, timeout_s=60,
+        store = RayEmbeddingStore(shards, book, DIM, opt, local_parts=[0], timeout_s=60,
                                   max_pending_pushes=2)  # async pushes: a client reads its own writes
         ref = LocalEmbeddingStore(book.num_nodes, DIM, optimizer=opt, lr=0.05, seed=0)
         ref.load_state_dict(store.state_dict())
@@ -97,7 +97,7 @@ class _Barrier:
 @ray.remote(num_cpus=1)
 def _push_many(store, batches, barrier, local_part=None):
     if local_part is not None:  # this client updates its own partition's rows in shared memory
-        store.local_part = local_part
+        store.local_parts = (local_part,)
         assert store.attach_local(), "the shard's shared rows were not mapped"
     ray.get(barrier.wait.remote(), timeout=90)
     t0 = time.time()

@@ -128,8 +128,29 @@ def test_resume_continues_a_stopped_run(ray_cluster, data):
     assert min(r["step"] for r in recs if r["type"] == "train" and r["epoch"] == 1) > first["global_step"]
 
 
+def test_one_worker_trains_both_partitions(uninterrupted, data, capsys):
+    """Fewer workers than partitions: worker r trains partitions r, r + N, ...; here one worker
+    holds both, samples and updates all rows locally, and reaches the 2-worker run's quality."""
+    run = data["tmp"] / "run-1worker"
+    assert main(["train", "--config", str(data["cfg"]), "--backend", "ray", "--num-workers", "1",
+                 "--out", str(run)]) == 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["type"] == "train"]
+    assert {r["rank"] for r in train} == {0}
+    t = train[-1]["traffic"]
+    assert t["remote_requests"] == 0 and t["pull_rows_remote"] == 0 and t["pull_rows_local"] > 0
+    assert t["pull_rows_mapped"] == t["pull_rows_local"]
+    # one worker covers every training interaction each epoch: twice the steps of two workers
+    from distgnn import format as fmt
+    from distgnn.ray_runtime.worker import steps_per_epoch
+    manifest = fmt.load_manifest(data["parts"])
+    assert ckpt.read_meta(ckpt.latest(run))["global_step"] == EPOCHS * steps_per_epoch(manifest, 128, 1)
+    ok, one = _evaluate(uninterrupted, capsys), _evaluate(run, capsys)
+    assert abs(ok["recall@20"] - one["recall@20"]) < 0.05, (ok, one)
+
+
 def test_more_workers_than_partitions_is_one_line(ray_cluster, data, tmp_path, capsys):
     assert main(["train", "--config", str(data["cfg"]), "--backend", "ray", "--num-workers", "3",
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--num-workers 3" in err[0]
+    assert len(err) == 1 and "--num-workers 3" in err[0] and "between 1 and 2" in err[0]

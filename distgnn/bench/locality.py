@@ -73,8 +73,8 @@ def _epoch_traffic(root: Path, cfg, num_parts: int, max_steps: int | None, progr
     try:
         item_gids = torch.from_numpy(book.item_gids())
         for part in range(num_parts):
-            graph = RayGraphStore(root, graph_shards, local_part=part)
-            store = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, local_part=part)
+            graph = RayGraphStore(root, graph_shards, local_parts=[part])
+            store = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, local_parts=[part])
             negatives = NegativeSampler(item_gids, graph.degrees(item_gids), cfg.train.num_negatives,
                                         cfg.train.popularity_negatives, cfg.train.popularity_alpha,
                                         *local_items(graph, cfg.train.local_negatives))

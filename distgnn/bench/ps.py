@@ -82,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
     connect(None, num_cpus=2, log_to_driver=False)
     try:
         shards = create_ps_shards(book, args.dim, args.optimizer)
-        store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_part=0)
+        store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_parts=[0])
         results["ray_ps"] = _loop(store, ids, args.dim, args.seconds)
         results["ray_ps"]["counters"] = store.counters()
         if args.async_pushes:
-            store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_part=0,
+            store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_parts=[0],
                                       max_pending_pushes=args.async_pushes)
             results["ray_ps_async"] = _loop(store, ids, args.dim, args.seconds)
         for s in shards:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
         with tempfile.TemporaryDirectory(prefix="distgnn-bench-ps-", dir=shm_root) as shm_dir:
             shards = create_ps_shards(book, args.dim, args.optimizer, shm_dir=shm_dir)
-            store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_part=0)
+            store = RayEmbeddingStore(shards, book, args.dim, args.optimizer, local_parts=[0])
             if store.attach_local():
                 results["ray_ps_shm"] = _loop(store, ids, args.dim, args.seconds)
                 results["ray_ps_shm"]["counters"] = store.counters()

@@ -18,10 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V",
                    help="override a config field by dotted path, e.g. --set train.batch_size=1024")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: one process (default); ray: Ray Train workers (one per partition), "
+                   help="local: one process (default); ray: Ray Train workers over the partitions, "
                         "GraphShard and parameter-server actors")
     p.add_argument("--num-workers", type=int, metavar="N",
-                   help="ray: training workers, one per partition (default: the number of partitions)")
+                   help="ray: training workers, 1 to the number of partitions (default: that number); "
+                        "worker r trains partitions r, r+N, ...")
     p.add_argument("--gpus-per-worker", type=float, default=0, metavar="G",
                    help="ray: GPUs per worker (default 0: CPU workers with gloo; >0 uses nccl)")
     p.add_argument("--address", metavar="ADDR",

@@ -269,30 +269,32 @@ def create_graph_shards(root: str | Path, num_parts: int,
 
 
 class DistributedNeighborSampler:
-    """Samples one hop over all partitions: local part from mapped arrays, the rest remotely."""
+    """Samples one hop over all partitions: the worker's own partitions (``local_parts``) from
+    mapped arrays, the rest remotely."""
 
-    def __init__(self, graph_shards: Sequence, book: fmt.PartitionBook, local_part: int | None = None,
+    def __init__(self, graph_shards: Sequence, book: fmt.PartitionBook, local_parts: Sequence[int] = (),
                  timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
         self.shards = list(graph_shards)
         self.book = book
-        self.local_part = local_part
+        self.local_parts = tuple(int(p) for p in local_parts)
         self.timeout_s = float(timeout_s)
-        self.local: PartitionCSC | None = None
+        self.local: dict[int, PartitionCSC] = {}
         self.reset_counters()
         self._ensure_local()
 
     def _ensure_local(self) -> None:
-        """Map the local partition's CSC arrays from the object store (zero-copy on its node)."""
-        if self.local is not None or self.local_part is None:
-            return
-        p = self.local_part
-        ref = get_with_deadline(self.shards[p].csc_ref.remote(), self.timeout_s, f"GraphShard {p} csc_ref")[0]
-        arrays = get_with_deadline(ref, self.timeout_s, f"mapping partition {p}'s graph")
-        self.local = PartitionCSC.from_arrays(arrays)
+        """Map the local partitions' CSC arrays from the object store (zero-copy on their node)."""
+        for p in self.local_parts:
+            if p in self.local:
+                continue
+            ref = get_with_deadline(self.shards[p].csc_ref.remote(), self.timeout_s,
+                                    f"GraphShard {p} csc_ref")[0]
+            arrays = get_with_deadline(ref, self.timeout_s, f"mapping partition {p}'s graph")
+            self.local[p] = PartitionCSC.from_arrays(arrays)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["local"] = None  # re-mapped lazily on the receiving side
+        state["local"] = {}  # re-mapped lazily on the receiving side
         return state
 
     def __setstate__(self, state):
@@ -333,7 +335,7 @@ class DistributedNeighborSampler:
         refs, who, sizes = [], [], []
         for p in present:
             p = int(p)
-            if p == self.local_part and self.local is not None:
+            if p in self.local:
                 continue
             sel = seeds[parts == p]
             eu = ei = None
@@ -343,16 +345,19 @@ class DistributedNeighborSampler:
             refs.append(self.shards[p].sample.remote(sel, int(fanout), eu, ei, part_seed(rng_seed, p)))
             who.append(f"GraphShard {p}")
             sizes.append(len(sel))
-        # 2. the local partition meanwhile, from the mapped arrays
+        # 2. the local partitions meanwhile, from the mapped arrays
         srcs, dsts = [], []
-        if self.local is not None and (parts == self.local_part).any():
+        for p in present:
+            p = int(p)
+            if p not in self.local:
+                continue
             t = time.perf_counter()
-            sel = seeds[parts == self.local_part]
+            sel = seeds[parts == p]
             eu = ei = None
             if ex_u is not None:
-                m = (ex_pu == self.local_part) | (ex_pi == self.local_part)
+                m = (ex_pu == p) | (ex_pi == p)
                 eu, ei = ex_u[m], ex_i[m]
-            s, d = self.local.sample(sel, int(fanout), eu, ei, part_seed(rng_seed, self.local_part))
+            s, d = self.local[p].sample(sel, int(fanout), eu, ei, part_seed(rng_seed, p))
             srcs.append(s)
             dsts.append(d)
             self._counters["local_seeds"] += len(sel)
@@ -405,22 +410,26 @@ def edges_to_block(seed_gids: torch.Tensor, src_gid: torch.Tensor, dst_gid: torc
 
 
 class RayGraphStore(GraphStore):
-    """``GraphStore`` over GraphShard actors for a trainer of partition ``local_part``."""
+    """``GraphStore`` over GraphShard actors for a trainer of the partitions ``local_parts``."""
 
-    def __init__(self, root: str | Path, graph_shards: Sequence, local_part: int,
+    def __init__(self, root: str | Path, graph_shards: Sequence, local_parts: Sequence[int],
                  timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
         self.root = Path(root)
         self.manifest = fmt.load_manifest(self.root)
         self.book = fmt.PartitionBook.from_manifest(self.manifest)
-        self.local_part = int(local_part)
+        self.local_parts = tuple(int(p) for p in local_parts)
+        if not self.local_parts:
+            raise ValueError("a RayGraphStore trains at least one local partition")
         self.timeout_s = float(timeout_s)
-        self.sampler = DistributedNeighborSampler(graph_shards, self.book, self.local_part, timeout_s)
+        self.sampler = DistributedNeighborSampler(graph_shards, self.book, self.local_parts, timeout_s)
         self._degrees: torch.Tensor | None = None
 
     def train_interactions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user_gid, item_gid) of the local partitions' training interactions."""
         self.sampler._ensure_local()
-        u, i = self.sampler.local.train_interactions()
-        return torch.from_numpy(u), torch.from_numpy(i)
+        pairs = [self.sampler.local[p].train_interactions() for p in self.local_parts]
+        return (torch.from_numpy(np.concatenate([u for u, _ in pairs])),
+                torch.from_numpy(np.concatenate([i for _, i in pairs])))
 
     def degrees(self, gids: torch.Tensor) -> torch.Tensor:
         if self._degrees is None:  # one int64 per node; every shard contributes its owned rows

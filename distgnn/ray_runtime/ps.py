@@ -15,8 +15,8 @@ atomic: concurrent pushes from several workers are serialised, none is lost.
 - ``max_pending_pushes > 0`` makes pushes asynchronous with bounded staleness: at most that many
   pushes are in flight. Ray runs one caller's calls to an actor in submission order, so a worker
   always reads its own writes; only other workers' updates can be that many pushes late;
-- traffic counters: rows and bytes pulled/pushed, split into local (the shard of ``local_part``,
-  the partition this worker trains on, co-located with it) and remote, and how many local rows
+- traffic counters: rows and bytes pulled/pushed, split into local (the shards of
+  ``local_parts``, the partitions this worker trains on, co-located with it) and remote, and how many local rows
   went through shared memory (``*_rows_mapped``);
 - co-located fast path (``attach_local``): a shard created with ``shm_dir`` keeps its rows and
   optimizer state in files on the node's tmpfs; the trainer of that partition maps them and pulls
@@ -269,7 +269,7 @@ class RayEmbeddingStore(EmbeddingStore):
     """``EmbeddingStore`` client over one ``PSShard`` per partition (see module doc)."""
 
     def __init__(self, shards: Sequence, book: fmt.PartitionBook, dim: int, optimizer: str = "adam",
-                 local_part: int | None = None, timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 local_parts: Sequence[int] = (), timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  max_pending_pushes: int = 0, lr: float | None = None):
         if len(shards) != book.num_parts:
             raise ValueError(f"{len(shards)} shards for a partition book of {book.num_parts} parts")
@@ -279,33 +279,32 @@ class RayEmbeddingStore(EmbeddingStore):
         self.book = book
         self.num_rows, self.dim = book.num_nodes, int(dim)
         self.optimizer = optimizer
-        self.local_part = local_part
+        self.local_parts = tuple(int(p) for p in local_parts)
         self.timeout_s = float(timeout_s)
         self.max_pending_pushes = int(max_pending_pushes)
         self._pending: list[tuple[list, list[str]]] = []
         self._lr = lr  # the value the shards were created with (None: unknown)
-        self._view: LocalEmbeddingStore | None = None  # local_part's rows, mapped (attach_local)
-        self._view_lock = RowLock(None)
-        self._view_start = 0
+        # part -> (its rows mapped from the shard's shared memory, the shard's row lock, gid_start)
+        self._views: dict[int, tuple[LocalEmbeddingStore, RowLock, int]] = {}
         self.reset_counters()
 
     def attach_local(self) -> bool:
-        """Map ``local_part``'s rows if its shard shares them on this node: then pulls and pushes
-        of the trainer's own partition's rows are memory accesses (under the shard's row lock),
-        not calls. True if attached."""
+        """Map the rows of each of ``local_parts`` whose shard shares them on this node: then pulls
+        and pushes of the trainer's own partitions' rows are memory accesses (under the shard's
+        row lock), not calls. True if every local partition was mapped."""
         import ray as _ray
 
-        if self.local_part is None:
+        if not self.local_parts:
             return False
-        spec = self._wait([self.shards[self.local_part].shm_spec.remote()], [f"PSShard {self.local_part}"],
-                          "shm_spec")[0]
-        if not spec or spec["node_id"] != _ray.get_runtime_context().get_node_id():
-            return False
-        self._view = LocalEmbeddingStore.attach(spec["spec"], self.optimizer, spec["lr"],
-                                                tuple(spec["betas"]), spec["eps"])
-        self._view_lock = RowLock(spec["lock"])
-        self._view_start = int(spec["gid_start"])
-        return True
+        specs = self._wait([self.shards[p].shm_spec.remote() for p in self.local_parts],
+                           [f"PSShard {p}" for p in self.local_parts], "shm_spec")
+        node = _ray.get_runtime_context().get_node_id()
+        for p, spec in zip(self.local_parts, specs):
+            if spec and spec["node_id"] == node:
+                view = LocalEmbeddingStore.attach(spec["spec"], self.optimizer, spec["lr"],
+                                                  tuple(spec["betas"]), spec["eps"])
+                self._views[p] = (view, RowLock(spec["lock"]), int(spec["gid_start"]))
+        return len(self._views) == len(self.local_parts)
 
     # --- learning rate (the trainer sets it every epoch: lr_decay) ----------------------------
     @property
@@ -321,8 +320,8 @@ class RayEmbeddingStore(EmbeddingStore):
         self._wait([s.set_lr.remote(float(value)) for s in self.shards],
                    [f"PSShard {p}" for p in range(len(self.shards))], "set_lr")
         self._lr = float(value)
-        if self._view is not None:
-            self._view.lr = self._lr
+        for view, _, _ in self._views.values():
+            view.lr = self._lr
 
     def reset(self) -> None:
         """Every shard back to its initial rows and optimizer state."""
@@ -335,8 +334,7 @@ class RayEmbeddingStore(EmbeddingStore):
         state = self.__dict__.copy()
         state["_pending"] = []
         state["_counters"] = None
-        state["_view"] = None  # mapped again on the receiving node (attach_local)
-        state["_view_lock"] = RowLock(None)
+        state["_views"] = {}  # mapped again on the receiving node (attach_local)
         return state
 
     def __setstate__(self, state):
@@ -355,7 +353,7 @@ class RayEmbeddingStore(EmbeddingStore):
         return dict(self._counters)
 
     def _count(self, op: str, part: int, rows: int) -> None:
-        where = "local" if part == self.local_part else "remote"
+        where = "local" if part in self.local_parts else "remote"
         self._counters[f"{op}_rows_{where}"] += rows
         self._counters[f"{op}_bytes_{where}"] += rows * (ID_BYTES + self.dim * VALUE_BYTES)
         if where == "remote":
@@ -385,14 +383,15 @@ class RayEmbeddingStore(EmbeddingStore):
         g = gids.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
         uniq, inverse = np.unique(g, return_inverse=True)
         runs = self._split(uniq)
-        mapped = [r for r in runs if self._view is not None and r[0] == self.local_part]
-        remote = [r for r in runs if r not in mapped]
+        mapped = [r for r in runs if r[0] in self._views]
+        remote = [r for r in runs if r[0] not in self._views]
         refs = [self.shards[p].pull.remote(uniq[lo:hi]) for p, lo, hi in remote]  # all sent first
         out = np.empty((len(uniq), self.dim), dtype=np.float32)
         for (p, lo, hi) in runs:
             self._count("pull", p, hi - lo)
-        for (p, lo, hi) in mapped:  # meanwhile, the own partition's rows from shared memory
-            out[lo:hi] = self._view.pull(torch.from_numpy(uniq[lo:hi] - self._view_start)).numpy()
+        for (p, lo, hi) in mapped:  # meanwhile, the own partitions' rows from shared memory
+            view, _, start = self._views[p]
+            out[lo:hi] = view.pull(torch.from_numpy(uniq[lo:hi] - start)).numpy()
             self._counters["pull_rows_mapped"] += hi - lo
         results = self._wait(refs, [f"PSShard {p}" for p, _, _ in remote], f"pull of {len(uniq)} rows")
         for (p, lo, hi), rows in zip(remote, results):
@@ -413,14 +412,15 @@ class RayEmbeddingStore(EmbeddingStore):
             gids, grads = gids[order], grads[order]
         g, v = gids.numpy(), grads.numpy()
         runs = self._split(g)
-        mapped = [r for r in runs if self._view is not None and r[0] == self.local_part]
-        remote = [r for r in runs if r not in mapped]
+        mapped = [r for r in runs if r[0] in self._views]
+        remote = [r for r in runs if r[0] not in self._views]
         refs = [self.shards[p].push.remote(g[lo:hi], v[lo:hi], True) for p, lo, hi in remote]
         for (p, lo, hi) in runs:
             self._count("push", p, hi - lo)
-        for (p, lo, hi) in mapped:  # the own partition's rows, in place, atomic with the shard's pushes
-            with self._view_lock:
-                self._view.push(torch.from_numpy(g[lo:hi] - self._view_start), grads[lo:hi], unique=True)
+        for (p, lo, hi) in mapped:  # own partitions' rows, in place, atomic with the shard's pushes
+            view, lock, start = self._views[p]
+            with lock:
+                view.push(torch.from_numpy(g[lo:hi] - start), grads[lo:hi], unique=True)
             self._counters["push_rows_mapped"] += hi - lo
         self._counters["push_calls"] += 1
         self._pending.append((refs, [f"PSShard {p}" for p, _, _ in remote]))

@@ -1,14 +1,15 @@
 """The Ray Train worker: ``Trainer.train`` (the same loop as the local backend) with a Ray runtime.
 
-Worker ``rank`` trains partition ``rank``. Its graph store is a ``RayGraphStore`` whose own
-partition is mapped zero-copy from the object store (remote seeds go to the other GraphShards),
+Worker ``rank`` of N trains partitions ``rank, rank + N, ...`` (one each when N equals the number
+of partitions). Its graph store is a ``RayGraphStore`` whose own partitions are mapped zero-copy
+from the object store (remote seeds go to the other GraphShards),
 its embedding store the shared ``RayEmbeddingStore`` (the parameter-server shards), and its dense
 weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 
 ``RayTrainRuntime`` fills in the loop's hooks (``distgnn.trainer.Runtime``):
 
-- **equal steps**: every worker runs ``steps_per_epoch`` steps (the largest partition's count;
-  smaller partitions start their next shuffled pass instead of idling), so DDP's all-reduces,
+- **equal steps**: every worker runs ``steps_per_epoch`` steps (the busiest worker's count; the
+  others start their next shuffled pass instead of idling), so DDP's all-reduces,
   barriers and ``ray.train.report`` calls line up;
 - **barriers and broadcasts** go through torch.distributed, whose process group carries the job's
   deadline (``TorchConfig(timeout_s)``): a dead peer is an error, not a hang;
@@ -58,9 +59,18 @@ def equal_batches(sampler, epoch: int, start_step: int, steps: int):
         yield step, order[step * bs:(step + 1) * bs]
 
 
-def steps_per_epoch(manifest: dict, batch_size: int) -> int:
-    """Equal steps for every worker: the largest partition's interactions / batch size."""
-    most = max(p["num_train_interactions"] for p in manifest["parts"])
+def assigned_parts(rank: int, num_workers: int, num_parts: int) -> list[int]:
+    """The partitions worker ``rank`` trains: ``rank, rank + N, rank + 2N, ...`` (N workers,
+    at most as many as partitions). Its GraphShards and PS shards are local to it when co-located."""
+    return list(range(rank, num_parts, num_workers))
+
+
+def steps_per_epoch(manifest: dict, batch_size: int, num_workers: int | None = None) -> int:
+    """Equal steps for every worker: the busiest worker's interactions / batch size."""
+    parts = manifest["parts"]
+    n = len(parts) if num_workers is None else num_workers
+    most = max(sum(parts[p]["num_train_interactions"] for p in assigned_parts(r, n, len(parts)))
+               for r in range(n))
     return max(1, -(-most // batch_size))
 
 
@@ -190,7 +200,7 @@ def _timed_allreduce(state: dict, bucket):
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs inside each Ray Train worker: worker ``rank`` trains partition ``rank``."""
+    """Runs inside each Ray Train worker: worker ``rank`` trains ``assigned_parts(rank, ...)``."""
     import ray.train
     import torch
 
@@ -200,10 +210,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     cfg = config_from_dict(loop_config["config"], "config")
-    graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_part=rank,
+    parts = assigned_parts(rank, ctx.get_world_size(), len(loop_config["graph_shards"]))
+    graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_parts=parts,
                           timeout_s=loop_config["timeout_s"])
     emb = loop_config["emb"]
-    emb.local_part = rank
+    emb.local_parts = tuple(parts)
     emb.attach_local()  # own partition's rows through shared memory, if its shard is on this node
     trainer = Trainer(cfg, loop_config["run_dir"], graph=graph, backend="ray", emb=emb)
     # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; DGL's kernels (SpMM, SDDMM, edge softmax in
