@@ -207,6 +207,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from distgnn.config import config_from_dict
     from distgnn.ray_runtime.graph_shard import RayGraphStore
 
+    # Ray Train tees a worker's sys.stdout/sys.stderr into its own log, and Ray forwards both copies
+    # to the driver: every line would show twice. The process's own stderr reaches the driver once
+    # (and the worker's log file).
+    sys.stderr = sys.__stderr__
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     cfg = config_from_dict(loop_config["config"], "config")
