@@ -72,7 +72,11 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                         f"another --out (or --overwrite)")
     owned = not _ray_initialized()
-    info = cluster.connect(address, timeout_s=60, log_to_driver=True)
+    # Worker output stays in the worker logs (named in any error): Ray Train's own chatter, and
+    # the state-API warnings its placement-group cleaner prints every second when the dashboard
+    # is off, would bury the job's progress. The driver prints progress and validation results
+    # from metrics.jsonl instead.
+    info = cluster.connect(address, timeout_s=60, log_to_driver=False)
     try:
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +163,8 @@ def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tu
 
 
 def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: float):
-    """``trainer.fit()`` with a driver progress bar and a stall deadline.
+    """``trainer.fit()`` with a driver progress bar, the validation results as they come, and a
+    stall deadline.
 
     Ray Train retries a worker group that cannot start forever; a job that stops making progress
     (no new record in metrics.jsonl for ``stall_timeout_s``) is turned into an error, not a hang.
@@ -177,12 +182,16 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
     thread = threading.Thread(target=target, daemon=True, name="ray-train-fit")
     thread.start()
     path = run_dir / "metrics.jsonl"
+
+    def complete_lines() -> list[str]:  # a record being appended right now is read next time
+        return path.read_text().split("\n")[:-1] if path.exists() else []
+
     bar = tqdm(total=epochs, desc="ray training", unit="epoch", file=sys.stderr, disable=None)
-    last_progress, seen = time.monotonic(), 0
+    last_progress, seen = time.monotonic(), len(complete_lines())  # a resumed run's old records
     try:
         while thread.is_alive():
             thread.join(timeout=1.0)
-            lines = path.read_text().splitlines() if path.exists() else []
+            lines = complete_lines()
             if len(lines) > seen:
                 last_progress = time.monotonic()
                 for line in lines[seen:]:
@@ -191,6 +200,10 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
                         bar.n = rec["epoch"]
                         bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
                         bar.refresh()
+                    elif rec.get("type") == "valid":
+                        shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
+                                          if k.startswith(("recall@", "ndcg@")))
+                        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {shown}", file=sys.stderr)
                 seen = len(lines)
             elif time.monotonic() - last_progress > stall_timeout_s:
                 raise RayCallError(f"Ray training made no progress for {stall_timeout_s:.0f}s (no new "
