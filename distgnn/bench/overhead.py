@@ -89,10 +89,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="distgnn-overhead-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        parts = work / "parts-1"
-        if not (parts / "manifest.json").exists():
-            create(CreateOptions(train=args.train, out=str(parts), num_parts=1, method="random",
-                                 overwrite=True, progress=not args.json))
+        parts = work / "parts-1"  # always this run's --train: a reused --workdir may hold another input
+        create(CreateOptions(train=args.train, out=str(parts), num_parts=1, method="random",
+                             overwrite=True, progress=not args.json))
         runs: dict[str, list[dict]] = {"local": [], "ray": []}
         for rnd in range(args.rounds):
             for side in ("local", "ray"):
