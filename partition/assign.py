@@ -1,107 +1,298 @@
-"""Assign: node -> partition, as one int array over the raw node space.
+"""Assign: node -> partition, as one int array over the raw node space (users, then items).
 
-The raw node space puts users first (``0..U-1``) and items after (``U..U+I-1``). An assigner sees
-only the interaction arrays and returns ``part[raw_node]``; it writes nothing. Dispatch turns any
-assignment into shards, so METIS, random and later out-of-core assigners are interchangeable.
+Three assigners over the on-disk ``Graph`` (``partition/graph.py``); each returns ``part[raw]``
+and writes nothing, so dispatch turns any of them into shards:
+
+* ``random``: users and items dealt out separately, the baseline.
+* ``metis`` on the **in-memory** path: the whole bidirected graph handed to METIS
+  (``partition/metis.py``) with four balance constraints (users, items, user degree, item degree,
+  as DistDGL recommends).
+* ``metis`` on the **multilevel** path (docs/architecture.md D15): size-constrained label
+  propagation coarsens the graph while streaming its CSR from disk, further levels coarsen in
+  memory until the graph is small, METIS partitions the coarsest graph with vertex weights (the
+  four constraints summed over each cluster) and edge weights (fine edges between two clusters),
+  and the assignment is projected back and refined level by level with a greedy k-way pass that
+  respects all four constraints. Memory: a few arrays over nodes plus one CSR chunk.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import sys
-import tempfile
-from typing import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
-from distgnn.errors import UserError
+from partition import kernels, metis
+from partition.graph import SIDES, Graph
 
-Assigner = Callable[[np.ndarray, np.ndarray, int, int, int, int], np.ndarray]
-
-
-def assign_random(user_raw: np.ndarray, item_raw: np.ndarray, num_users: int, num_items: int,
-                  num_parts: int, seed: int) -> np.ndarray:
-    """Baseline: a random balanced assignment, users and items dealt out separately."""
-    rng = np.random.default_rng(seed)
-    user_part = rng.permutation(num_users) % num_parts
-    item_part = rng.permutation(num_items) % num_parts
-    return np.concatenate([user_part, item_part]).astype(np.int64)
+NCON = 4                      # users, items, user degree, item degree
+IMBALANCE = 1.03              # per constraint, as DGL's METIS default (ufactor 30)
 
 
-def assign_metis(user_raw: np.ndarray, item_raw: np.ndarray, num_users: int, num_items: int,
-                 num_parts: int, seed: int) -> np.ndarray:
-    """METIS (DGL's built-in) on the bipartite interaction graph, multi-constraint balanced.
-
-    Constraints: number of users, number of items, and the degree (stored edges) of each, per
-    part; DistDGL found balancing node types and edges necessary for METIS to beat random on
-    training time. ``seed`` is unused: DGL's METIS build takes no seed, and its result can
-    differ slightly between processes (Gowalla, 4 parts: edge cut 0.1747 or 0.1769).
-    """
-    import torch
-    import dgl
-
-    if num_parts == 1:
-        return np.zeros(num_users + num_items, dtype=np.int64)
-    # METIS itself is sequential; with the default OpenMP/torch thread pools spinning beside it the
-    # stage measured slower on 2 cores (Gowalla: 1.3 s vs 0.75 s; no difference at 10M), so use one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _metis(dgl, torch, user_raw, item_raw + num_users, num_users, num_items, num_parts)
-    finally:
-        torch.set_num_threads(threads)
+@dataclass
+class AssignOptions:
+    num_parts: int
+    seed: int = 0
+    chunk_entries: int = 1 << 24       # CSR entries per streamed chunk
+    lp_rounds: int = 3                 # label-propagation sweeps per level
+    coarse_target: int = 200_000       # stop coarsening below this many clusters
+    max_cluster_fraction: float = 1 / 32   # cluster weight cap, of one partition's weight
+    refine_rounds: int = 3
+    progress: bool = True
+    info: dict = field(default_factory=dict)   # filled with what ran (levels, sizes, cuts)
 
 
-def _metis(dgl, torch, user_raw, item_node, num_users, num_items, num_parts) -> np.ndarray:
-    # Both directions so that in-degree == degree, which DGL uses as the edge-balance weight.
-    src = torch.from_numpy(np.concatenate([user_raw, item_node]))
-    dst = torch.from_numpy(np.concatenate([item_node, user_raw]))
-    # Keep only the CSC form: DGL symmetrises from it, and dropping the COO copy lowered this
-    # stage's peak by ~300 MiB at 10M interactions (1.86 -> 1.56 GiB above the ingest baseline).
-    graph = dgl.graph((src, dst), num_nodes=num_users + num_items, idtype=torch.int64).formats("csc")
-    del src, dst
-    ntype = torch.cat([torch.zeros(num_users, dtype=torch.int64), torch.ones(num_items, dtype=torch.int64)])
-    # DGL prints timings to stdout and METIS logs to stderr; keep our CLI output clean (we time
-    # stages ourselves) but keep what it said for the error message if it fails.
-    with _captured_native_output() as log, contextlib.redirect_stdout(io.StringIO()):
-        try:
-            part = dgl.metis_partition_assignment(graph, num_parts, balance_ntypes=ntype,
-                                                  balance_edges=True)
-        except Exception as exc:  # DGL's C++ errors
-            log.seek(0)
-            raise UserError(f"METIS failed on {num_parts} parts ({exc}; {log.read().strip()[-200:]}); "
-                            f"try fewer parts or --method random") from None
-    if part is None:
-        raise UserError(f"METIS could not split the graph into {num_parts} parts; use fewer parts "
-                        f"or --method random")
-    return part.numpy().astype(np.int64)
+def fine_vertex_weights(graph: Graph) -> np.ndarray:
+    """[N, 4] int64: (1, 0, deg, 0) for users, (0, 1, 0, deg) for items."""
+    deg = graph.degrees()
+    U = graph.num_users
+    w = np.zeros((graph.num_nodes, NCON), dtype=np.int64)
+    w[:U, 0] = 1
+    w[U:, 1] = 1
+    w[:U, 2] = deg[:U]
+    w[U:, 3] = deg[U:]
+    return w
 
 
-@contextlib.contextmanager
-def _captured_native_output():
-    """Redirect the process's fd 1 and 2 (C++ logging) into a temp file for the block."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield log
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            log.seek(0)
+def assign_random(graph: Graph, opts: AssignOptions) -> np.ndarray:
+    rng = np.random.default_rng(opts.seed)
+    user_part = rng.permutation(graph.num_users) % opts.num_parts
+    item_part = rng.permutation(graph.num_items) % opts.num_parts
+    return np.concatenate([user_part, item_part]).astype(np.int16)
 
 
-ASSIGNERS: dict[str, Assigner] = {"metis": assign_metis, "random": assign_random}
+def _full_csr(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """The bidirected graph as one symmetric CSR over all raw nodes, in memory (int32 ids)."""
+    U, E = graph.num_users, graph.num_edges
+    up, ip = graph.indptr("user"), graph.indptr("item")
+    indptr = np.concatenate([up, E + ip[1:]])
+    indices = np.empty(2 * E, dtype=np.int32)
+    indices[:E] = graph.scratch.load("user_indices.npy")
+    indices[:E] += np.int32(U)
+    indices[E:] = graph.scratch.load("item_indices.npy")
+    return indptr, indices
 
 
-def get_assigner(method: str) -> Assigner:
-    try:
-        return ASSIGNERS[method]
-    except KeyError:
-        raise UserError(f"unknown --method {method!r}; choose one of {', '.join(ASSIGNERS)}") from None
+def assign_metis_in_memory(graph: Graph, opts: AssignOptions) -> np.ndarray:
+    """METIS on the whole graph (about 45 bytes per directed edge at peak, measured)."""
+    indptr, indices = _full_csr(graph)
+    part, cut = metis.part_graph_kway(indptr, indices, opts.num_parts, fine_vertex_weights(graph),
+                                      None, IMBALANCE, opts.seed)
+    opts.info.update({"path": "in-memory", "metis_nodes": graph.num_nodes,
+                      "metis_edges": int(len(indices) // 2), "metis_cut": cut})
+    return part.astype(np.int16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multilevel
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Level:
+    """One coarse level: CSR with edge weights, vertex weights, and fine -> coarse labels."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    eweights: np.ndarray
+    vweights: np.ndarray        # [n, 4]
+    labels_from_finer: np.ndarray
+
+
+def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    uniq, inv = np.unique(labels, return_inverse=True)
+    return inv.astype(np.int32), len(uniq)
+
+
+def _coarse_csr(keys: np.ndarray, weights: np.ndarray, num_clusters: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetric weighted CSR from aggregated directed keys ``a * C + b`` (both directions present)."""
+    src = (keys // num_clusters).astype(np.int64)
+    indices = (keys % num_clusters).astype(np.int32)
+    indptr = np.zeros(num_clusters + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=num_clusters), out=indptr[1:])
+    return indptr, indices, weights.astype(np.int64)
+
+
+def _aggregate(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if weights is None:
+        return np.unique(keys, return_counts=True)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return uniq, np.bincount(inv, weights=weights, minlength=len(uniq)).astype(np.int64)
+
+
+def _lp_fine(graph: Graph, opts: AssignOptions, max_w: int, rng: np.random.Generator, bar) -> np.ndarray:
+    """Label propagation over the on-disk bipartite CSR; returns labels over raw nodes."""
+    N = graph.num_nodes
+    deg = graph.degrees()
+    node_w = (1 + deg).astype(np.int64)
+    labels = np.arange(N, dtype=np.int32)
+    cluster_w = node_w.copy()
+    rating = np.zeros(N, dtype=np.int64)
+    touched = np.zeros(int(deg.max(initial=0)) + 1, dtype=np.int32)
+    del deg
+    dummy_ew = np.zeros(0, dtype=np.int64)
+    for rnd in range(opts.lp_rounds):
+        moved = 0
+        # Items first in the first round: their clusters then attract users (and vice versa).
+        for side in (("item", "user") if rnd % 2 == 0 else SIDES):
+            for r0, ptr, ind, _ in graph.iter_rows(side, opts.chunk_entries):
+                order = rng.permutation(len(ptr) - 1).astype(np.int64)
+                moved += kernels.lp_rows(r0 + graph.row_offset(side), ptr, ind, graph.nbr_offset(side),
+                                         dummy_ew, False, order, labels, cluster_w, node_w, max_w,
+                                         rating, touched, np.uint64(opts.seed * 1000 + rnd))
+                bar.update(len(ind))
+        if moved < N // 100:
+            break
+    return labels
+
+
+def _contract_fine(graph: Graph, labels: np.ndarray, num_clusters: int, opts: AssignOptions, bar
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregate the fine edges between clusters, streamed over the user-side CSR."""
+    keys_l, w_l = [], []
+    buf = np.empty(opts.chunk_entries, dtype=np.int64)
+    for r0, ptr, ind, _ in graph.iter_rows("user", opts.chunk_entries):
+        if len(ind) > len(buf):
+            buf = np.empty(len(ind), dtype=np.int64)
+        m = kernels.cross_cluster_keys(r0, ptr, ind, graph.num_users, labels, np.int64(num_clusters), buf)
+        k, w = np.unique(buf[:m], return_counts=True)
+        keys_l.append(k)
+        w_l.append(w)
+        bar.update(len(ind))
+    keys = np.concatenate(keys_l)
+    w = np.concatenate(w_l)
+    del keys_l, w_l
+    keys, w = _aggregate(keys, w)
+    # both directions: a*C+b and b*C+a
+    rev = (keys % num_clusters) * num_clusters + keys // num_clusters
+    keys = np.concatenate([keys, rev])
+    w = np.concatenate([w, w])
+    keys, w = _aggregate(keys, w)
+    return _coarse_csr(keys, w, num_clusters)
+
+
+def _lp_coarse(indptr, indices, ew, vw_total, opts, max_w, rng, seed) -> np.ndarray:
+    n = len(indptr) - 1
+    labels = np.arange(n, dtype=np.int32)
+    node_w = vw_total.astype(np.int64)
+    cluster_w = node_w.copy()
+    rating = np.zeros(n, dtype=np.int64)
+    touched = np.zeros(int(np.diff(indptr).max(initial=0)) + 1, dtype=np.int32)
+    for rnd in range(opts.lp_rounds):
+        order = rng.permutation(n).astype(np.int64)
+        moved = kernels.lp_rows(0, indptr, indices, 0, ew, True, order, labels, cluster_w, node_w,
+                                max_w, rating, touched, np.uint64(seed + rnd))
+        if moved < n // 100:
+            break
+    return labels
+
+
+def _contract_coarse(indptr, indices, ew, labels, num_clusters):
+    src_lab = np.repeat(labels, np.diff(indptr))
+    dst_lab = labels[indices]
+    cross = src_lab != dst_lab
+    keys = src_lab[cross].astype(np.int64) * num_clusters + dst_lab[cross]
+    keys, w = _aggregate(keys, ew[cross])
+    return _coarse_csr(keys, w, num_clusters)
+
+
+def _refine(indptr, indices, ew, use_ew, part, vw, opts, loads, max_loads, rng, num_users=-1,
+            row_start=0, nbr_offset=0, order=None):
+    conn = np.zeros(opts.num_parts, dtype=np.int64)
+    touched = np.zeros(opts.num_parts, dtype=np.int32)
+    if order is None:
+        order = rng.permutation(len(indptr) - 1).astype(np.int64)
+    return kernels.refine_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, part,
+                               opts.num_parts, conn, touched, loads, max_loads, vw, num_users)
+
+
+def _loads(part: np.ndarray, vw: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((k, vw.shape[1]), dtype=np.int64)
+    for c in range(vw.shape[1]):
+        out[:, c] = np.bincount(part, weights=vw[:, c], minlength=k).astype(np.int64)
+    return out
+
+
+def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
+    """Coarsen (LP, streamed) -> METIS on the coarsest level -> project and refine."""
+    k = opts.num_parts
+    rng = np.random.default_rng(opts.seed)
+    hide = None if opts.progress else True
+    vw_fine = fine_vertex_weights(graph)
+    total_w = int((1 + graph.degrees()).sum())
+    max_w = max(2, int(total_w / k * opts.max_cluster_fraction))
+    E = graph.num_edges
+    with tqdm(total=2 * E * opts.lp_rounds + E, desc="assign: coarsen", unit="edges", unit_scale=True,
+              disable=hide, file=sys.stderr) as bar:
+        labels0 = _lp_fine(graph, opts, max_w, rng, bar)
+        labels0, C = _compact(labels0)
+        indptr, indices, ew = _contract_fine(graph, labels0, C, opts, bar)
+    vw = np.zeros((C, NCON), dtype=np.int64)
+    for c in range(NCON):
+        vw[:, c] = np.bincount(labels0, weights=vw_fine[:, c], minlength=C).astype(np.int64)
+    levels = [Level(indptr, indices, ew, vw, labels0)]
+    sizes = [graph.num_nodes, C]
+    while len(levels[-1].indptr) - 1 > opts.coarse_target:
+        lv = levels[-1]
+        n = len(lv.indptr) - 1
+        lab = _lp_coarse(lv.indptr, lv.indices, lv.eweights, lv.vweights.sum(axis=1) + 0, opts,
+                         max_w, rng, opts.seed + 7 * len(levels))
+        lab, C2 = _compact(lab)
+        if C2 > 0.9 * n:
+            break
+        ip, ix, w = _contract_coarse(lv.indptr, lv.indices, lv.eweights, lab, C2)
+        vw2 = np.zeros((C2, NCON), dtype=np.int64)
+        for c in range(NCON):
+            vw2[:, c] = np.bincount(lab, weights=lv.vweights[:, c], minlength=C2).astype(np.int64)
+        levels.append(Level(ip, ix, w, vw2, lab))
+        sizes.append(C2)
+    top = levels[-1]
+    if opts.progress:
+        print(f"assign: METIS on the coarsest level ({len(top.indptr) - 1:,} nodes, "
+              f"{len(top.indices) // 2:,} edges)", file=sys.stderr, flush=True)
+    part, cut = metis.part_graph_kway(top.indptr, top.indices, k, top.vweights, top.eweights,
+                                      IMBALANCE, opts.seed)
+    part = part.astype(np.int16)
+    totals = vw_fine.sum(axis=0)
+    max_loads = np.ceil(totals / k * IMBALANCE).astype(np.int64) + 1
+    moves = []
+    # Uncoarsen: refine each coarse level in memory, then project to the finer one.
+    for li in range(len(levels) - 1, -1, -1):
+        lv = levels[li]
+        loads = _loads(part, lv.vweights, k)
+        m = 0
+        for _ in range(opts.refine_rounds):
+            mv = _refine(lv.indptr, lv.indices, lv.eweights, True, part, lv.vweights, opts, loads,
+                         max_loads, rng)
+            m += mv
+            if mv == 0:
+                break
+        moves.append(int(m))
+        part = part[lv.labels_from_finer]
+    # Fine level: streamed refinement sweeps over both sides.
+    loads = _loads(part, vw_fine, k)
+    del vw_fine
+    dummy_ew = np.zeros(0, dtype=np.int64)
+    dummy_vw = np.zeros((1, NCON), dtype=np.int64)
+    fine_moves = 0
+    with tqdm(total=2 * E * 2, desc="assign: refine", unit="edges", unit_scale=True, disable=hide,
+              file=sys.stderr) as bar:
+        for _ in range(2):
+            mv = 0
+            for side in SIDES:
+                for r0, ptr, ind, _ in graph.iter_rows(side, opts.chunk_entries):
+                    mv += _refine(ptr, ind, dummy_ew, False, part, dummy_vw, opts, loads, max_loads, rng,
+                                  num_users=graph.num_users, row_start=r0 + graph.row_offset(side),
+                                  nbr_offset=graph.nbr_offset(side))
+                    bar.update(len(ind))
+            fine_moves += mv
+            if mv < graph.num_nodes // 1000:
+                break
+    opts.info.update({"path": "multilevel", "level_sizes": [int(s) for s in sizes],
+                      "metis_nodes": int(len(top.indptr) - 1), "metis_edges": int(len(top.indices) // 2),
+                      "metis_cut": int(cut), "refine_moves": moves + [int(fine_moves)]})
+    return part
+
+
+ASSIGNERS = {"random": assign_random, "metis-in-memory": assign_metis_in_memory,
+             "metis-multilevel": assign_multilevel}

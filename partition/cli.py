@@ -30,17 +30,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "drop duplicates, assign nodes to partitions (METIS or random), and write shards, "
                     "id maps, held-out targets and manifest.json atomically (manifest last).",
         epilog="example: distgnn partition create --train logs/train --test logs/test "
-               "--num-parts 4 --method metis --out parts/")
+               "--valid-fraction 0.1 --num-parts 4 --out parts/\n"
+               "at scale: distgnn partition create --train s3-export/interactions/ --num-parts 8 "
+               "--memory-limit 16G --out parts/ (out of core: bounded memory, scratch beside --out)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--train", required=True, metavar="PATH", help="training interactions (file or directory)")
     c.add_argument("--test", metavar="PATH", help="held-out test interactions, same columns")
     c.add_argument("--valid", metavar="PATH", help="held-out validation interactions, same columns")
+    c.add_argument("--valid-fraction", type=float, default=0.0, metavar="F",
+                   help="carve a validation split from training: a seeded random fraction F of each "
+                        "user's interactions (users with fewer than 2 kept whole); default 0")
+    c.add_argument("--valid-by", choices=["random", "latest"], default="random",
+                   help="with --valid-fraction: random (default) or each user's latest (needs --ts-col)")
     c.add_argument("--user-col", default="user_id", metavar="C", help="user id column (default: user_id)")
     c.add_argument("--item-col", default="item_id", metavar="C", help="item id column (default: item_id)")
     c.add_argument("--ts-col", default=None, metavar="C", help="optional timestamp column, kept on edges")
     c.add_argument("--num-parts", type=int, required=True, metavar="P", help="number of partitions")
     c.add_argument("--method", choices=["metis", "random"], default="metis",
                    help="metis: min edge cut, balancing users, items and edges; random: baseline")
-    c.add_argument("--seed", type=int, default=0, help="seed for --method random (default 0)")
+    c.add_argument("--metis-path", choices=["auto", "in-memory", "multilevel"], default="auto",
+                   help="auto (default): the faster METIS path whose memory estimate fits --memory-limit; "
+                        "in-memory: METIS on the whole graph; multilevel: out-of-core coarsening, METIS "
+                        "on the coarse graph, refinement")
+    c.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="cap on peak memory, e.g. 16G (default: 75%% of available memory)")
+    c.add_argument("--tmp-dir", default=None, metavar="DIR",
+                   help="scratch directory for the out-of-core stages (default: beside --out)")
+    c.add_argument("--resume", action="store_true",
+                   help="reuse the checkpointed stages (ingest, assign) of an earlier failed run")
+    c.add_argument("--seed", type=int, default=0, help="seed for assignment and --valid-fraction (default 0)")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory (created atomically)")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     c.add_argument("--quiet", action="store_true", help="no progress bars or report")
@@ -76,12 +94,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from partition.pipeline import CreateOptions, create
+    from partition.pipeline import CreateOptions, create, parse_bytes
 
     manifest = create(CreateOptions(
         train=args.train, test=args.test, valid=args.valid, user_col=args.user_col,
         item_col=args.item_col, ts_col=args.ts_col, num_parts=args.num_parts, method=args.method,
-        seed=args.seed, out=args.out, overwrite=args.overwrite, progress=not args.quiet))
+        seed=args.seed, out=args.out, overwrite=args.overwrite, progress=not args.quiet,
+        valid_fraction=args.valid_fraction, valid_by=args.valid_by, metis_path=args.metis_path,
+        memory_limit=parse_bytes(args.memory_limit) if args.memory_limit else None,
+        tmp_dir=args.tmp_dir, resume=args.resume))
     if args.json:
         print(json.dumps(stats_object(manifest), indent=2))
     elif not args.quiet:
@@ -126,6 +147,9 @@ def format_report(manifest: dict[str, Any]) -> str:
     lines.append(f"edge cut {q['edge_cut_fraction']:.4f}  halo nodes {q['halo_node_fraction']:.4f}  "
                  f"imbalance: nodes {q['node_imbalance']:.3f} users {q['user_imbalance']:.3f} "
                  f"items {q['item_imbalance']:.3f} edges {q['edge_imbalance']:.3f}")
+    a = manifest.get("assignment") or {}
+    if a:
+        lines.append(f"assignment: {a.get('path')} ({a.get('why', '')})")
     lines.append("stages: " + ", ".join(f"{s['name']} {s['seconds']:.1f}s/{human_bytes(s['peak_rss_bytes'])}"
                                         for s in manifest["stages"]))
     return "\n".join(lines)

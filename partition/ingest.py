@@ -1,11 +1,9 @@
-"""Ingest: read interaction logs, validate, map original ids to dense indices, drop duplicates.
+"""Ingest, reading side: open Parquet/CSV inputs, validate them, and stream id batches.
 
-Output of this stage is the *raw* id space: users ``0..U-1`` and items ``0..I-1``, numbered in
-sorted order of their original ids. The partition-aware ``gid`` is assigned later (dispatch),
-once we know which partition owns each node.
-
-Everything is columnar: pyarrow datasets scanned in record batches, hash-based id lookup in
-pyarrow compute, int32/int64 numpy arrays afterwards. No per-row Python and no DataFrames.
+The graph-building side (id maps, deduplication, the out-of-core CSR) is ``partition/graph.py``.
+Everything is columnar: pyarrow datasets scanned in record batches, no per-row Python and no
+DataFrames. Validation happens before work (schema) or in the single scan (nulls, negative ids,
+corrupt files), each problem one line naming the fix.
 """
 from __future__ import annotations
 
@@ -39,46 +37,6 @@ class InputFiles:
     dataset: ds.Dataset
     files: list[dict]  # [{"path", "bytes"}]
     fmt: str
-
-
-@dataclass
-class Interactions:
-    """Deduplicated training interactions in the raw (sorted-orig-id) index space."""
-
-    user_raw: np.ndarray            # int64 [E]
-    item_raw: np.ndarray            # int64 [E]
-    ts: np.ndarray | None           # int64 [E] or None
-    user_orig: pa.Array             # orig ids, sorted; position = raw index
-    item_orig: pa.Array
-    rows_read: int
-    duplicates_dropped: int
-    files: list[dict] = field(default_factory=list)
-
-    @property
-    def num_users(self) -> int:
-        return len(self.user_orig)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_orig)
-
-    @property
-    def num_interactions(self) -> int:
-        return len(self.user_raw)
-
-
-@dataclass
-class HeldOut:
-    """Held-out interactions mapped into the same raw index space."""
-
-    user_raw: np.ndarray
-    item_raw: np.ndarray
-    ts: np.ndarray | None
-    rows_read: int
-    dropped_unknown: int
-    dropped_in_train: int
-    dropped_duplicates: int
-    files: list[dict] = field(default_factory=list)
 
 
 def open_input(path: str) -> InputFiles:
@@ -164,92 +122,20 @@ def _normalise_ts(arr: pa.Array, name: str, path: str) -> np.ndarray:
     return arr.cast(pa.int64()).to_numpy()
 
 
-def read_columns(spec: InputSpec, progress=None) -> tuple[InputFiles, pa.ChunkedArray, pa.ChunkedArray,
-                                                          np.ndarray | None, int]:
-    """Scan the input once; return the validated user/item id columns (and ts)."""
-    inp = open_input(spec.path)
+def scan_columns(spec: InputSpec, inp: InputFiles | None = None
+                 ) -> Iterable[tuple[pa.Array, pa.Array, np.ndarray | None]]:
+    """Stream validated (user ids, item ids, ts) batches: ids as int64 or large_string arrays."""
+    inp = inp or open_input(spec.path)
     columns, _ = _check_columns(inp, spec)
-    users, items, ts_parts = [], [], []
     rows = 0
     for batch in _scan(inp, spec, columns):
-        users.append(_normalise_ids(batch.column(0), spec.user_col, spec.path))
-        items.append(_normalise_ids(batch.column(1), spec.item_col, spec.path))
-        if spec.ts_col:
-            ts_parts.append(_normalise_ts(batch.column(2), spec.ts_col, spec.path))
+        users = _normalise_ids(batch.column(0), spec.user_col, spec.path)
+        items = _normalise_ids(batch.column(1), spec.item_col, spec.path)
+        ts = _normalise_ts(batch.column(2), spec.ts_col, spec.path) if spec.ts_col else None
         rows += batch.num_rows
-        if progress is not None:
-            progress.update(batch.num_rows)
+        yield users, items, ts
     if rows == 0:
         raise UserError(f"input {spec.path} has no rows; pass a file with interactions")
-    user_type = pa.int64() if pa.types.is_integer(users[0].type) else pa.large_string()
-    item_type = pa.int64() if pa.types.is_integer(items[0].type) else pa.large_string()
-    ts = np.concatenate(ts_parts) if spec.ts_col else None
-    return (inp, pa.chunked_array(users, type=user_type), pa.chunked_array(items, type=item_type), ts, rows)
-
-
-def _sorted_unique(col: pa.ChunkedArray) -> pa.Array:
-    uniq = pc.unique(col)
-    return uniq.take(pc.sort_indices(uniq))
-
-
-def _index_in(col: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
-    """Position of each value in ``value_set``; -1 where absent."""
-    idx = pc.index_in(col, value_set=value_set)
-    return pc.fill_null(idx, -1).to_numpy().astype(np.int64)
-
-
-def _dedup(user_raw: np.ndarray, item_raw: np.ndarray, ts: np.ndarray | None,
-           num_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Collapse repeated (user, item) pairs into one, keeping the earliest ts; sorted by pair."""
-    key = user_raw * np.int64(num_items) + item_raw
-    if ts is None:
-        key = np.unique(key)
-        return key // num_items, key % num_items, None
-    order = np.lexsort((ts, key))
-    key_sorted = key[order]
-    first = np.ones(len(key_sorted), dtype=bool)
-    first[1:] = key_sorted[1:] != key_sorted[:-1]
-    keep = order[first]
-    key = key_sorted[first]
-    return key // num_items, key % num_items, ts[keep]
-
-
-def ingest_train(spec: InputSpec, progress=None) -> Interactions:
-    """Read, validate, relabel to raw indices and deduplicate the training interactions."""
-    inp, users, items, ts, rows = read_columns(spec, progress)
-    user_orig = _sorted_unique(users)
-    item_orig = _sorted_unique(items)
-    user_raw = _index_in(users, user_orig)
-    item_raw = _index_in(items, item_orig)
-    del users, items
-    user_raw, item_raw, ts = _dedup(user_raw, item_raw, ts, len(item_orig))
-    return Interactions(user_raw, item_raw, ts, user_orig, item_orig, rows,
-                        rows - len(user_raw), inp.files)
-
-
-def ingest_heldout(spec: InputSpec, train: Interactions) -> HeldOut:
-    """Map held-out interactions into the training id space; drop what cannot be scored."""
-    inp, users, items, ts, rows = read_columns(spec)
-    for name, col, orig in ((spec.user_col, users, train.user_orig), (spec.item_col, items, train.item_orig)):
-        if (pa.types.is_integer(col.type)) != pa.types.is_integer(orig.type):
-            raise UserError(f"column {name!r} in {spec.path} has type {col.type} but the training ids are "
-                            f"{orig.type}; held-out ids must use the same type as training ids")
-    user_raw = _index_in(users, train.user_orig)
-    item_raw = _index_in(items, train.item_orig)
-    known = (user_raw >= 0) & (item_raw >= 0)
-    dropped_unknown = int((~known).sum())
-    user_raw, item_raw = user_raw[known], item_raw[known]
-    ts = ts[known] if ts is not None else None
-    n_known = len(user_raw)
-    user_raw, item_raw, ts = _dedup(user_raw, item_raw, ts, train.num_items)
-    dropped_duplicates = n_known - len(user_raw)
-    key = user_raw * np.int64(train.num_items) + item_raw
-    train_key = train.user_raw * np.int64(train.num_items) + train.item_raw  # sorted by _dedup
-    pos = np.searchsorted(train_key, key)
-    in_train = (pos < len(train_key)) & (train_key[np.minimum(pos, len(train_key) - 1)] == key)
-    keep = ~in_train
-    return HeldOut(user_raw[keep], item_raw[keep], ts[keep] if ts is not None else None, rows,
-                   dropped_unknown, int(in_train.sum()), dropped_duplicates, inp.files)
 
 
 def count_rows(path: str) -> tuple[int, int, str]:

@@ -1,26 +1,52 @@
-"""``create``: ingest -> assign -> relabel -> dispatch -> manifest, with per-stage time and memory.
+"""``create``: ingest -> assign -> dispatch -> manifest, streamed, with per-stage time and memory.
 
 This is the Python API behind ``distgnn partition create``; tests and benchmarks call it directly.
+
+Stages and what they checkpoint in the scratch directory (``partition/scratch.py``):
+
+1. ``ingest`` (``partition/graph.py``): id maps, the deduplicated user/item CSR, held-out splits.
+2. ``assign`` (``partition/assign.py``): ``part.npy``, one partition id per raw node. The METIS
+   path (in-memory or multilevel) is chosen here, from the exact graph size and ``--memory-limit``.
+3. ``dispatch`` (``partition/dispatch.py``): the output directory, built under a hidden temporary
+   name, manifest last, then renamed into place.
+
+``--resume`` reuses the checkpointed stages of an earlier, failed run on the same input.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
-from tqdm import tqdm
 
 from distgnn import __version__
 from distgnn import format as fmt
 from distgnn.errors import UserError
-from distgnn.stages import StageTimer
+from distgnn.stages import StageTimer, human_bytes
 from partition import assign, dispatch, ingest
+from partition.graph import (GRAPH_FILES, Graph, HeldOutSplit, IngestOptions, build_graph, load_heldout,
+                             map_heldout, save_heldout)
+from partition.idmap import IdMap
+from partition.scratch import Scratch, disk_error, reset_write_budget
+
+METIS_PATHS = ("auto", "in-memory", "multilevel")
+# Resource model (bytes), fitted on measured runs (BENCHMARKS.md, "Partitioning at scale").
+BASE_RSS = 400 * 2**20                 # interpreter, numpy, pyarrow, numba
+INMEM_BYTES_PER_EDGE = 60              # METIS on the whole graph, per interaction (2 directed edges)
+INMEM_BYTES_PER_NODE = 150
+ML_BYTES_PER_NODE = 100                # labels, weights, ratings, gid map, halo maps (per part: 1)
+ML_CHUNK_BYTES = 40                    # per streamed CSR entry
+INMEM_SECONDS_PER_EDGE = 0.45e-6       # METIS time per interaction (2-core machine)
+ML_SECONDS_PER_EDGE = 0.12e-6          # coarsening + coarse METIS + refinement per interaction
 
 
 @dataclass
@@ -31,21 +57,56 @@ class CreateOptions:
     method: str = "metis"
     test: str | None = None
     valid: str | None = None
+    valid_fraction: float = 0.0
+    valid_by: str = "random"
     user_col: str = "user_id"
     item_col: str = "item_id"
     ts_col: str | None = None
     seed: int = 0
     overwrite: bool = False
     progress: bool = True
+    metis_path: str = "auto"
+    memory_limit: int | None = None    # bytes; default 75% of available memory
+    tmp_dir: str | None = None
+    resume: bool = False
+
+
+def default_memory_limit() -> int:
+    import psutil
+    return int(0.75 * psutil.virtual_memory().available)
+
+
+def parse_bytes(text: str) -> int:
+    """'16G', '512M', '2.5GiB', '1000000' -> bytes."""
+    t = text.strip().upper().replace("IB", "").rstrip("B")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise UserError(f"--memory-limit {text!r} is not a size; write e.g. 8G or 512M") from None
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Fail before any work if the output directory cannot be (re)placed."""
+    """Fail before any work if the output directory cannot be (re)placed.
+
+    ``--overwrite`` replaces only a partition directory this tool wrote (its ``manifest.json``
+    names our format); anything else is refused, and nothing is touched.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is a file; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output directory {out} is not empty; pass --overwrite to replace it "
-                        f"or choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"output directory {out} is not empty; pass --overwrite to replace it "
+                            f"or choose another --out")
+        try:
+            ours = json.loads((out / fmt.MANIFEST).read_text()).get("format") == fmt.FORMAT_NAME
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise UserError(f"--overwrite refused: {out} is not a partition directory written by distgnn "
+                            f"(no distgnn {fmt.MANIFEST}); empty it yourself or choose another --out")
 
 
 def _fingerprint(files: list[dict]) -> str:
@@ -56,19 +117,89 @@ def _fingerprint(files: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def quality(inter: ingest.Interactions, part_of_raw: np.ndarray, parts: list[dict]) -> dict[str, float]:
-    user_part = part_of_raw[inter.user_raw]
-    item_part = part_of_raw[inter.num_users + inter.item_raw]
-    num_nodes = inter.num_users + inter.num_items
+def _validate(opts: CreateOptions) -> None:
+    if opts.num_parts < 1:
+        raise UserError(f"--num-parts must be >= 1 (got {opts.num_parts})")
+    if opts.method not in ("metis", "random"):
+        raise UserError(f"unknown --method {opts.method!r}; choose metis or random")
+    if opts.metis_path not in METIS_PATHS:
+        raise UserError(f"--metis-path must be one of {', '.join(METIS_PATHS)} (got {opts.metis_path!r})")
+    if not 0.0 <= opts.valid_fraction <= 0.5:
+        raise UserError(f"--valid-fraction must be in [0, 0.5] (got {opts.valid_fraction})")
+    if opts.valid and opts.valid_fraction > 0:
+        raise UserError("--valid and --valid-fraction both give a validation split; pass only one")
+    if opts.valid_by not in ("random", "latest"):
+        raise UserError(f"--valid-by must be random or latest (got {opts.valid_by!r})")
+    if opts.valid_by == "latest" and opts.valid_fraction > 0 and not opts.ts_col:
+        raise UserError("--valid-by latest needs timestamps: name the timestamp column with --ts-col")
+    if opts.memory_limit is not None and opts.memory_limit <= 0:
+        raise UserError("--memory-limit must be positive")
 
+
+def path_estimates(num_nodes: int, num_edges: int, num_parts: int, chunk_entries: int) -> dict[str, dict]:
+    """Peak RSS (bytes) and assign-stage seconds of each METIS path, for a graph of this size."""
+    return {
+        "in-memory": {"peak_rss_bytes": BASE_RSS + INMEM_BYTES_PER_EDGE * num_edges
+                      + INMEM_BYTES_PER_NODE * num_nodes,
+                      "assign_seconds": INMEM_SECONDS_PER_EDGE * num_edges},
+        "multilevel": {"peak_rss_bytes": BASE_RSS + (ML_BYTES_PER_NODE + num_parts) * num_nodes
+                       + ML_CHUNK_BYTES * chunk_entries,
+                       "assign_seconds": ML_SECONDS_PER_EDGE * num_edges},
+    }
+
+
+def choose_path(requested: str, num_nodes: int, num_edges: int, num_parts: int, limit: int,
+                chunk_entries: int) -> tuple[str, str]:
+    """(path, why): the faster path whose peak-memory estimate fits ``limit``."""
+    est = path_estimates(num_nodes, num_edges, num_parts, chunk_entries)
+    if requested != "auto":
+        need = est[requested]["peak_rss_bytes"]
+        if need > limit:
+            raise UserError(f"--metis-path {requested} needs about {human_bytes(need)} for {num_edges:,} "
+                            f"interactions, above --memory-limit {human_bytes(limit)}; raise the limit"
+                            + (" or use --metis-path multilevel" if requested == "in-memory" else ""))
+        return requested, f"forced by --metis-path {requested}"
+    fits = [p for p in ("in-memory", "multilevel") if est[p]["peak_rss_bytes"] <= limit]
+    if not fits:
+        need = est["multilevel"]["peak_rss_bytes"]
+        raise UserError(f"--memory-limit {human_bytes(limit)} is below what even the multilevel path needs "
+                        f"for {num_nodes:,} nodes (about {human_bytes(need)}); raise --memory-limit")
+    best = min(fits, key=lambda p: est[p]["assign_seconds"])
+    why = (f"auto: {best} estimated {est[best]['assign_seconds']:.0f} s / "
+           f"{human_bytes(est[best]['peak_rss_bytes'])}")
+    other = [p for p in ("in-memory", "multilevel") if p != best][0]
+    why += (f"; {other} {est[other]['assign_seconds']:.0f} s / {human_bytes(est[other]['peak_rss_bytes'])}"
+            + ("" if other in fits else " (over the memory limit)"))
+    return best, why
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C: the same cleanup, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def quality(parts: list[dict], cut: int, num_edges: int, num_nodes: int) -> dict[str, float]:
     def imbalance(key: str) -> float:
         counts = np.array([p[key] for p in parts], dtype=np.float64)
         return float(counts.max() / counts.mean()) if counts.mean() > 0 else 1.0
 
     owned = np.array([p["num_users"] + p["num_items"] for p in parts], dtype=np.float64)
     return {
-        "edge_cut_fraction": float(np.mean(user_part != item_part)),
-        "halo_node_fraction": float(sum(p["num_halo"] for p in parts) / num_nodes),
+        "edge_cut_fraction": float(cut / num_edges) if num_edges else 0.0,
+        "edge_cut": int(cut),
+        "halo_node_fraction": float(sum(p["num_halo"] for p in parts) / max(num_nodes, 1)),
         "node_imbalance": float(owned.max() / owned.mean()),
         "user_imbalance": imbalance("num_users"),
         "item_imbalance": imbalance("num_items"),
@@ -76,67 +207,137 @@ def quality(inter: ingest.Interactions, part_of_raw: np.ndarray, parts: list[dic
     }
 
 
+def _scratch_root(opts: CreateOptions, out: Path) -> Path:
+    base = Path(opts.tmp_dir) if opts.tmp_dir else out.resolve().parent
+    return base / f".{out.name}.partition-scratch"
+
+
 def create(opts: CreateOptions) -> dict[str, Any]:
     """Partition the interactions in ``opts.train``; return the manifest that was written."""
     out = Path(opts.out)
+    _validate(opts)
     check_output_dir(out, opts.overwrite)
-    if opts.num_parts < 1:
-        raise UserError(f"--num-parts must be >= 1 (got {opts.num_parts})")
-    assigner = assign.get_assigner(opts.method)
-    timer = StageTimer()
-    spec = ingest.InputSpec(opts.train, opts.user_col, opts.item_col, opts.ts_col)
-    hide = None if opts.progress else True  # None: tqdm shows bars only on a terminal
+    limit = opts.memory_limit or default_memory_limit()
+    train_inp = ingest.open_input(opts.train)
+    fp_parts = [_fingerprint(train_inp.files), opts.user_col, opts.item_col, str(opts.ts_col),
+                str(opts.valid_fraction), opts.valid_by, str(opts.seed)]
+    for path in (opts.valid, opts.test):
+        fp_parts.append(_fingerprint(ingest.open_input(path).files) if path else "-")
+    fingerprint = hashlib.sha256("|".join(fp_parts).encode()).hexdigest()[:16]
+    scratch = Scratch(_scratch_root(opts, out), fingerprint, opts.resume)
+    reset_write_budget()
+    try:
+        with _sigterm_as_interrupt():
+            manifest = _run(opts, out, scratch, limit)
+    except (UserError, OSError) as exc:
+        err = disk_error(exc, scratch.root) if isinstance(exc, OSError) else exc
+        if scratch.keep_only_committed():
+            err = UserError(f"{err} (completed stages kept in {scratch.root}: rerun with --resume "
+                            f"to reuse them)")
+        raise err from None
+    except BaseException:
+        if scratch.keep_only_committed():
+            print(f"partition create: completed stages kept in {scratch.root}; rerun with --resume "
+                  f"to reuse them", file=sys.stderr)
+        raise
+    scratch.remove()
+    return manifest
 
+
+def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[str, Any]:
+    timer = StageTimer()
+    chunk_entries = int(max(1 << 20, min(1 << 26, limit // 160)))
+    spec = ingest.InputSpec(opts.train, opts.user_col, opts.item_col, opts.ts_col)
+
+    # ---- 1. ingest -----------------------------------------------------------------------
+    info = scratch.completed("ingest") if opts.resume else None
     with timer.stage("ingest"):
-        total_rows = ingest.count_rows(opts.train)[0]
-        with tqdm(total=total_rows, desc="ingest", unit="rows", unit_scale=True, disable=hide,
-                  file=sys.stderr) as bar:
-            inter = ingest.ingest_train(spec, progress=bar)
-        pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed scan buffers otherwise
-    num_nodes = inter.num_users + inter.num_items
+        if info is None:
+            graph, carved = build_graph(IngestOptions(spec, memory_budget=limit // 2,
+                                                      valid_fraction=opts.valid_fraction,
+                                                      valid_by=opts.valid_by, seed=opts.seed,
+                                                      progress=opts.progress), scratch)
+            heldout: dict[str, HeldOutSplit] = {}
+            if carved is not None:
+                heldout["valid"] = carved
+            for split, path in (("valid", opts.valid), ("test", opts.test)):
+                if path:
+                    heldout[split] = map_heldout(ingest.InputSpec(path, opts.user_col, opts.item_col,
+                                                                  opts.ts_col), graph)
+            files = list(GRAPH_FILES) + ["idmap-user.parquet", "idmap-item.parquet"]
+            if graph.has_ts:
+                files += ["user_ts.npy", "item_ts.npy"]
+            held_info = {}
+            for split, h in heldout.items():
+                files += save_heldout(scratch, split, h)
+                held_info[split] = {**h.counts(), "files": h.files}
+            info = {"num_users": graph.num_users, "num_items": graph.num_items, "num_edges": graph.num_edges,
+                    "has_ts": graph.has_ts, "rows_read": graph.rows_read, "duplicates": graph.duplicates,
+                    "files": graph.files, "id_kind": {"user": graph.user_map.kind, "item": graph.item_map.kind},
+                    "heldout": held_info}
+            scratch.commit("ingest", files, info)
+        else:
+            if opts.progress:
+                print(f"ingest: reusing the checkpointed stage in {scratch.root}", file=sys.stderr)
+            graph = Graph(scratch, info["num_users"], info["num_items"], info["num_edges"], info["has_ts"],
+                          IdMap.load(scratch.path("idmap-user.parquet"), info["id_kind"]["user"]),
+                          IdMap.load(scratch.path("idmap-item.parquet"), info["id_kind"]["item"]),
+                          info["rows_read"], info["duplicates"], info["files"])
+            heldout = {s: load_heldout(scratch, s, h) for s, h in info["heldout"].items()}
+    num_nodes = graph.num_nodes
+    if graph.num_edges == 0:
+        raise UserError(f"input {opts.train} has no interactions left after removing duplicates and "
+                        f"the validation split; pass more data")
     if opts.num_parts > num_nodes:
         raise UserError(f"--num-parts {opts.num_parts} is larger than the number of nodes ({num_nodes}); "
                         f"use at most {num_nodes} parts")
 
-    heldout: dict[str, ingest.HeldOut] = {}
-    with timer.stage("heldout"):
-        for split, path in (("valid", opts.valid), ("test", opts.test)):
-            if path:
-                heldout[split] = ingest.ingest_heldout(
-                    ingest.InputSpec(path, opts.user_col, opts.item_col, opts.ts_col), inter)
-
-    if opts.progress:
-        print(f"assign: {opts.method} into {opts.num_parts} parts ({num_nodes:,} nodes, "
-              f"{inter.num_interactions:,} interactions)...", file=sys.stderr, flush=True)
+    # ---- 2. assign -----------------------------------------------------------------------
+    if opts.method == "random":
+        path, why = "random", "--method random"
+    else:
+        path, why = choose_path(opts.metis_path, num_nodes, graph.num_edges, opts.num_parts, limit,
+                                chunk_entries)
+    ainfo = scratch.completed("assign") if opts.resume else None
+    if ainfo is not None and ainfo.get("path") != path:
+        ainfo = None
     with timer.stage("assign"):
-        part_of_raw = assigner(inter.user_raw, inter.item_raw, inter.num_users, inter.num_items,
-                               opts.num_parts, opts.seed)
+        if ainfo is None:
+            if opts.progress:
+                print(f"assign: {path} into {opts.num_parts} parts ({num_nodes:,} nodes, "
+                      f"{graph.num_edges:,} interactions; {why})", file=sys.stderr, flush=True)
+            aopts = assign.AssignOptions(opts.num_parts, seed=opts.seed, chunk_entries=chunk_entries,
+                                         progress=opts.progress)
+            fn = {"random": assign.assign_random, "in-memory": assign.assign_metis_in_memory,
+                  "multilevel": assign.assign_multilevel}[path]
+            part = fn(graph, aopts)
+            scratch.save("part.npy", part)
+            ainfo = {"path": path, "why": why, **aopts.info, "path": path}
+            scratch.commit("assign", ["part.npy"], ainfo)
+        else:
+            if opts.progress:
+                print(f"assign: reusing the checkpointed stage in {scratch.root}", file=sys.stderr)
+            part = scratch.load("part.npy")
 
-    with timer.stage("relabel"):
-        rl = dispatch.relabel(part_of_raw, inter.num_users, opts.num_parts)
-        src, dst, ts = dispatch.directed_edges(inter, rl)
-        bounds = np.searchsorted(dst, np.concatenate([rl.gid_start, rl.gid_end[-1:]]))
-
+    # ---- 3. dispatch ---------------------------------------------------------------------
     files: dict[str, dict] = {}
     with dispatch.AtomicDir(out, opts.overwrite) as tmp:
         with timer.stage("dispatch"):
-            dispatch.write_id_maps(tmp, inter, rl, files)
-            parts = []
-            for p in tqdm(range(opts.num_parts), desc="dispatch", unit="part", disable=hide,
-                          file=sys.stderr):
-                lo, hi = bounds[p], bounds[p + 1]
-                parts.append(dispatch.write_part(tmp, p, rl, src[lo:hi], dst[lo:hi],
-                                                 ts[lo:hi] if ts is not None else None, files))
+            rl = dispatch.relabel(part, graph.num_users, opts.num_parts)
+            dispatch.write_id_maps(tmp, graph, rl, files)
+            parts, cut = dispatch.write_shards(tmp, graph, part, rl, opts.num_parts, chunk_entries, files,
+                                               opts.progress)
             for split, held in heldout.items():
-                dispatch.write_targets(tmp, split, held, inter.num_users, rl, files)
+                dispatch.write_targets(tmp, split, held, graph.num_users, rl, files)
         with timer.stage("checksum"):
             dispatch.add_checksums(tmp, files)
 
-        inputs = {"train": {"files": inter.files, "rows": inter.rows_read,
-                            "fingerprint": _fingerprint(inter.files)}}
+        inputs = {"train": {"files": graph.files, "rows": graph.rows_read,
+                            "fingerprint": _fingerprint(graph.files)}}
         for split, held in heldout.items():
-            inputs[split] = {"files": held.files, "rows": held.rows_read,
-                             "fingerprint": _fingerprint(held.files)}
+            if held.source == "file":
+                inputs[split] = {"files": held.files, "rows": held.rows_read,
+                                 "fingerprint": _fingerprint(held.files)}
         manifest = {
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,
@@ -144,21 +345,21 @@ def create(opts: CreateOptions) -> dict[str, Any]:
             "created_by": f"distgnn {__version__}",
             "params": {"method": opts.method, "num_parts": opts.num_parts, "seed": opts.seed,
                        "user_col": opts.user_col, "item_col": opts.item_col, "ts_col": opts.ts_col,
-                       "train": opts.train, "test": opts.test, "valid": opts.valid},
+                       "train": opts.train, "test": opts.test, "valid": opts.valid,
+                       "valid_fraction": opts.valid_fraction, "valid_by": opts.valid_by,
+                       "metis_path": opts.metis_path, "memory_limit": limit},
+            "assignment": ainfo,
             "input": inputs,
-            "num_nodes": {"user": inter.num_users, "item": inter.num_items},
-            "num_interactions": inter.num_interactions,
-            "dropped": {"duplicates": inter.duplicates_dropped},
-            "heldout": {split: {"rows": int(len(h.user_raw)), "rows_read": h.rows_read,
-                                "dropped_unknown": h.dropped_unknown, "dropped_in_train": h.dropped_in_train,
-                                "dropped_duplicates": h.dropped_duplicates}
-                        for split, h in heldout.items()},
-            "id_dtype": {"user": "int64" if inter.user_orig.type == "int64" else "string",
-                         "item": "int64" if inter.item_orig.type == "int64" else "string"},
-            "has_ts": inter.ts is not None,
+            "num_nodes": {"user": graph.num_users, "item": graph.num_items},
+            "num_interactions": graph.num_edges,
+            "dropped": {"duplicates": graph.duplicates},
+            "heldout": {split: h.counts() for split, h in heldout.items()},
+            "id_dtype": {"user": "string" if graph.user_map.kind == "string" else "int64",
+                         "item": "string" if graph.item_map.kind == "string" else "int64"},
+            "has_ts": graph.has_ts,
             "num_parts": opts.num_parts,
             "parts": parts,
-            "quality": quality(inter, part_of_raw, parts),
+            "quality": quality(parts, cut, graph.num_edges, num_nodes),
             "stages": timer.as_dicts(),
             "files": files,
         }

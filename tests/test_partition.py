@@ -1,6 +1,7 @@
 """Partitioning: correctness of shards, held-out handling, quality, verify, atomic output."""
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from distgnn import format as fmt
 from distgnn.cli import main
+from distgnn.errors import UserError
 from partition import dispatch
 from partition.pipeline import CreateOptions, create
 from partition.verify import verify
@@ -154,21 +156,24 @@ def test_verify_catches_corruption_and_missing_interactions(logs, tmp_path):
 
 def test_failed_create_leaves_nothing_and_overwrite_replaces(logs, tmp_path, monkeypatch):
     out = tmp_path / "parts"
-    real = dispatch.write_part
+    real = dispatch.write_table
+    calls = [0]
 
-    def crash(root, part_id, *a, **kw):
-        if part_id == 1:
-            raise RuntimeError("disk full")
-        return real(root, part_id, *a, **kw)
+    def crash(*a, **kw):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
 
-    monkeypatch.setattr(dispatch, "write_part", crash)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(dispatch, "write_table", crash)
+    with pytest.raises(UserError, match="no space left"):
         _create(logs, out, parts=2)
     assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".parts")], "temp dir left behind"
-    monkeypatch.setattr(dispatch, "write_part", real)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".parts.tmp")], "temp dir left behind"
+    monkeypatch.setattr(dispatch, "write_table", real)
 
     _create(logs, out, parts=2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".parts")], "scratch left behind"
     _create(logs, out, parts=3, overwrite=True)
     assert fmt.load_manifest(out)["num_parts"] == 3
     assert not (out / fmt.part_dir(3)).exists() and (out / fmt.part_dir(2)).exists()

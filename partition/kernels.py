@@ -1,0 +1,274 @@
+"""Compiled loops (numba) of the out-of-core partitioner.
+
+These are the few steps that are inherently per-node loops with data-dependent control flow
+(label propagation, k-way refinement, per-row sorting): in numpy they would need a sort per step;
+compiled they run at memory speed. Each kernel works on one *chunk of CSR rows* held in memory,
+so callers stream a graph of any size through them (``partition/graph.py``). ``cache=True`` keeps
+the compiled code next to this file, so only the first run after an install pays the compile time.
+
+Node ids: ``row_start + r`` is the global node id of chunk row ``r``; neighbour ids are
+``indices[e] + nbr_offset`` (the bipartite graph stores users' rows with item indices and items'
+rows with user indices, each in its own raw space; ``nbr_offset`` lifts them to node ids).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, inline="always")
+def _mix(x):
+    """splitmix64 finaliser: a cheap, well-spread hash for tie-breaking and seeded sampling."""
+    x = np.uint64(x)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@njit(cache=True)
+def lp_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, labels, cluster_w,
+            node_w, max_w, rating, touched, seed):
+    """One size-constrained label-propagation sweep over a chunk of rows (in ``order``).
+
+    Node ``v`` joins the neighbouring cluster with the largest total edge weight to it, provided
+    the cluster stays within ``max_w`` (KaMinPar's clustering rule); ties keep the current cluster
+    or are broken by a seeded hash. ``rating``/``touched`` are scratch arrays (all zero on entry
+    and exit). Returns the number of moves.
+    """
+    moved = 0
+    base = indptr[0]
+    for t in range(order.size):
+        r = order[t]
+        v = row_start + r
+        a = indptr[r] - base
+        b = indptr[r + 1] - base
+        if a == b:
+            continue
+        nt = 0
+        for e in range(a, b):
+            c = labels[indices[e] + nbr_offset]
+            if rating[c] == 0:
+                touched[nt] = c
+                nt += 1
+            rating[c] += ew[e] if use_ew else 1
+        cur = labels[v]
+        wv = node_w[v]
+        best = cur
+        best_r = rating[cur]
+        best_h = _mix(np.uint64(cur) ^ np.uint64(seed))
+        for k in range(nt):
+            c = touched[k]
+            rc = rating[c]
+            if c != cur and cluster_w[c] + wv > max_w:
+                continue
+            if rc > best_r:
+                best, best_r = c, rc
+                best_h = _mix(np.uint64(c) ^ np.uint64(seed))
+            elif rc == best_r and best != cur:
+                h = _mix(np.uint64(c) ^ np.uint64(seed))
+                if h < best_h:
+                    best, best_h = c, h
+        for k in range(nt):
+            rating[touched[k]] = 0
+        if best != cur:
+            cluster_w[cur] -= wv
+            cluster_w[best] += wv
+            labels[v] = best
+            moved += 1
+    return moved
+
+
+@njit(cache=True)
+def cross_cluster_keys(row_start, indptr, indices, nbr_offset, labels, num_clusters, out):
+    """Keys ``label[v] * C + label[n]`` of this chunk's edges between different clusters.
+
+    The contraction's first step: each fine edge becomes an edge between the clusters of its ends;
+    edges inside a cluster vanish. Returns how many keys were written into ``out``.
+    """
+    m = 0
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        cv = labels[row_start + r]
+        for e in range(indptr[r] - base, indptr[r + 1] - base):
+            cn = labels[indices[e] + nbr_offset]
+            if cn != cv:
+                out[m] = np.int64(cv) * num_clusters + cn
+                m += 1
+    return m
+
+
+@njit(cache=True)
+def refine_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, part, num_parts,
+                conn, touched, loads, max_loads, vw, num_users):
+    """One greedy k-way refinement sweep that respects every balance constraint.
+
+    A node moves to the neighbouring partition with the largest positive gain in cut edges, if
+    after the move that partition stays within ``max_loads`` in every constraint. Node weights:
+    ``vw[v]`` (coarse levels) or, when ``num_users >= 0`` (the fine bipartite level),
+    (1, 0, degree, 0) for users and (0, 1, 0, degree) for items. Returns the number of moves.
+    """
+    moved = 0
+    base = indptr[0]
+    ncon = loads.shape[1]
+    w = np.zeros(ncon, dtype=np.int64)
+    for t in range(order.size):
+        r = order[t]
+        v = row_start + r
+        a = indptr[r] - base
+        b = indptr[r + 1] - base
+        if a == b:
+            continue
+        cur = part[v]
+        nt = 0
+        boundary = False
+        for e in range(a, b):
+            p = part[indices[e] + nbr_offset]
+            if conn[p] == 0:
+                touched[nt] = p
+                nt += 1
+            conn[p] += ew[e] if use_ew else 1
+            if p != cur:
+                boundary = True
+        if boundary:
+            if num_users >= 0:
+                for c in range(ncon):
+                    w[c] = 0
+                deg = b - a
+                if v < num_users:
+                    w[0] = 1
+                    w[2] = deg
+                else:
+                    w[1] = 1
+                    w[3] = deg
+            else:
+                for c in range(ncon):
+                    w[c] = vw[v, c]
+            best = cur
+            best_gain = 0
+            for k in range(nt):
+                p = touched[k]
+                if p == cur:
+                    continue
+                gain = conn[p] - conn[cur]
+                if gain <= best_gain:
+                    continue
+                fits = True
+                for c in range(ncon):
+                    if loads[p, c] + w[c] > max_loads[c]:
+                        fits = False
+                        break
+                if fits:
+                    best, best_gain = p, gain
+            if best != cur:
+                for c in range(ncon):
+                    loads[cur, c] -= w[c]
+                    loads[best, c] += w[c]
+                part[v] = best
+                moved += 1
+        for k in range(nt):
+            conn[touched[k]] = 0
+    return moved
+
+
+@njit(cache=True)
+def count_cut(row_start, indptr, indices, nbr_offset, part):
+    """Edges of this chunk whose two ends lie in different partitions."""
+    cut = 0
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        pv = part[row_start + r]
+        for e in range(indptr[r] - base, indptr[r + 1] - base):
+            if part[indices[e] + nbr_offset] != pv:
+                cut += 1
+    return cut
+
+
+@njit(cache=True)
+def scatter_transpose(row_start, indptr, indices, ts, has_ts, cursor, out_indices, out_ts):
+    """Counting-sort step of the CSR transpose: row ``u``'s entry ``i`` goes to ``out[cursor[i]++]``.
+
+    Rows arrive in ascending order, so every transposed row ends up sorted by ``u``.
+    """
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        u = row_start + r
+        for e in range(indptr[r] - base, indptr[r + 1] - base):
+            i = indices[e]
+            pos = cursor[i]
+            out_indices[pos] = u
+            if has_ts:
+                out_ts[pos] = ts[e]
+            cursor[i] = pos + 1
+
+
+@njit(cache=True)
+def choose_holdout(row_start, indptr, indices, ts, by_latest, fraction, seed, out_mask):
+    """Per-user validation split: mark ``round(fraction * deg)`` of each row (at least one, never
+    all; rows with fewer than two entries kept whole), the latest ones by ``ts`` or a seeded
+    random choice that depends only on (seed, user, item), not on how rows are chunked."""
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        a = indptr[r] - base
+        b = indptr[r + 1] - base
+        deg = b - a
+        if deg < 2:
+            continue
+        n = int(np.floor(fraction * deg + 0.5))
+        if n < 1:
+            n = 1
+        if n > deg - 1:
+            n = deg - 1
+        keys = np.empty(deg, dtype=np.uint64)
+        u = np.uint64(row_start + r)
+        for e in range(a, b):
+            if by_latest:
+                # largest ts first: invert the order; ties broken by item id
+                keys[e - a] = np.uint64(0x7FFFFFFFFFFFFFFF - ts[e])
+            else:
+                keys[e - a] = _mix(_mix(u ^ np.uint64(seed)) ^ np.uint64(indices[e]))
+        order = np.argsort(keys, kind="mergesort")
+        for j in range(n):
+            out_mask[a + order[j]] = True
+
+
+@njit(cache=True)
+def in_csr(indptr, indices, rows, cols):
+    """For each (row, col): is ``col`` in CSR row ``row``? Rows' indices are sorted."""
+    out = np.zeros(rows.size, dtype=np.bool_)
+    for k in range(rows.size):
+        a = indptr[rows[k]]
+        b = indptr[rows[k] + 1]
+        x = cols[k]
+        while a < b:
+            mid = (a + b) // 2
+            if indices[mid] < x:
+                a = mid + 1
+            else:
+                b = mid
+        if a < indptr[rows[k] + 1] and indices[a] == x:
+            out[k] = True
+    return out
+
+
+@njit(cache=True)
+def sort_row_segments(indptr, values, payload, has_payload):
+    """Sort each CSR row's ``values`` ascending in place (``payload`` permuted alongside)."""
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        a = indptr[r] - base
+        b = indptr[r + 1] - base
+        if b - a < 2:
+            continue
+        if has_payload:
+            order = np.argsort(values[a:b], kind="mergesort")
+            v = values[a:b][order]
+            p = payload[a:b][order]
+            values[a:b] = v
+            payload[a:b] = p
+        else:
+            values[a:b] = np.sort(values[a:b])
