@@ -42,15 +42,24 @@ class AssignOptions:
     info: dict = field(default_factory=dict)   # filled with what ran (levels, sizes, cuts)
 
 
-def fine_vertex_weights(graph: Graph) -> np.ndarray:
-    """[N, 4] int64: (1, 0, deg, 0) for users, (0, 1, 0, deg) for items."""
+def fine_vertex_weights(graph: Graph, labels: np.ndarray | None = None, size: int = 0) -> np.ndarray:
+    """[n, 4] int64 constraint weights, (users, items, user degree, item degree), of the fine
+    nodes (``labels`` None) or summed per cluster/partition ``labels[raw]`` (``size`` groups),
+    without an [N, 4] array over all fine nodes."""
     deg = graph.degrees()
     U = graph.num_users
-    w = np.zeros((graph.num_nodes, NCON), dtype=np.int64)
-    w[:U, 0] = 1
-    w[U:, 1] = 1
-    w[:U, 2] = deg[:U]
-    w[U:, 3] = deg[U:]
+    if labels is None:
+        w = np.zeros((graph.num_nodes, NCON), dtype=np.int64)
+        w[:U, 0] = 1
+        w[U:, 1] = 1
+        w[:U, 2] = deg[:U]
+        w[U:, 3] = deg[U:]
+        return w
+    w = np.zeros((size, NCON), dtype=np.int64)
+    w[:, 0] = np.bincount(labels[:U], minlength=size)
+    w[:, 1] = np.bincount(labels[U:], minlength=size)
+    w[:, 2] = np.bincount(labels[:U], weights=deg[:U], minlength=size).astype(np.int64)
+    w[:, 3] = np.bincount(labels[U:], weights=deg[U:], minlength=size).astype(np.int64)
     return w
 
 
@@ -218,8 +227,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
     k = opts.num_parts
     rng = np.random.default_rng(opts.seed)
     hide = None if opts.progress else True
-    vw_fine = fine_vertex_weights(graph)
-    total_w = int((1 + graph.degrees()).sum())
+    total_w = int(graph.num_nodes + 2 * graph.num_edges)
     max_w = max(2, int(total_w / k * opts.max_cluster_fraction))
     E = graph.num_edges
     with tqdm(total=2 * E * opts.lp_rounds + E, desc="assign: coarsen", unit="edges", unit_scale=True,
@@ -227,9 +235,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
         labels0 = _lp_fine(graph, opts, max_w, rng, bar)
         labels0, C = _compact(labels0)
         indptr, indices, ew = _contract_fine(graph, labels0, C, opts, bar)
-    vw = np.zeros((C, NCON), dtype=np.int64)
-    for c in range(NCON):
-        vw[:, c] = np.bincount(labels0, weights=vw_fine[:, c], minlength=C).astype(np.int64)
+    vw = fine_vertex_weights(graph, labels0, C)
     levels = [Level(indptr, indices, ew, vw, labels0)]
     sizes = [graph.num_nodes, C]
     while len(levels[-1].indptr) - 1 > opts.coarse_target:
@@ -253,7 +259,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
     part, cut = metis.part_graph_kway(top.indptr, top.indices, k, top.vweights, top.eweights,
                                       IMBALANCE, opts.seed)
     part = part.astype(np.int16)
-    totals = vw_fine.sum(axis=0)
+    totals = vw.sum(axis=0)
     max_loads = np.ceil(totals / k * IMBALANCE).astype(np.int64) + 1
     moves = []
     # Uncoarsen: refine each coarse level in memory, then project to the finer one.
@@ -270,8 +276,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
         moves.append(int(m))
         part = part[lv.labels_from_finer]
     # Fine level: streamed refinement sweeps over both sides.
-    loads = _loads(part, vw_fine, k)
-    del vw_fine
+    loads = fine_vertex_weights(graph, part, k)
     dummy_ew = np.zeros(0, dtype=np.int64)
     dummy_vw = np.zeros((1, NCON), dtype=np.int64)
     fine_moves = 0

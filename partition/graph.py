@@ -185,7 +185,7 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
     hide = None if opts.progress else True
     inp = ingest.open_input(spec.path)
     total_rows = ingest.count_rows(spec.path)[0]
-    dense_cap = max(1 << 20, opts.memory_budget // 10)   # presence + lut: 5 bytes per possible id
+    dense_cap = max(1 << 20, opts.memory_budget // 2)   # presence + lut: 5 bytes per possible id
 
     collectors = {"user": IdCollector(dense_cap), "item": IdCollector(dense_cap)}
     rows = 0
@@ -208,7 +208,7 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
                         f"is not supported")
 
     # Buckets by user raw range, each small enough to sort in the budget (~40 bytes per row).
-    rows_per_bucket = max(1 << 20, opts.memory_budget // 48)
+    rows_per_bucket = max(1 << 16, opts.memory_budget // 48)
     num_buckets = max(1, min(4096, -(-rows // rows_per_bucket)))
     users_per_bucket = max(1, -(-num_users // num_buckets))
     buckets = _BucketFiles(scratch, "bucket", num_buckets, spec.ts_col is not None)
@@ -315,7 +315,7 @@ def _transpose(graph: Graph, user_indptr: np.ndarray, item_indptr: np.ndarray, b
     out = scratch.create_mmap("item_indices.npy", np.int32, graph.num_edges)
     out_ts = scratch.create_mmap("item_ts.npy", np.int64, graph.num_edges) if graph.has_ts else np.zeros(0, np.int64)
     cursor = item_indptr[:-1].copy()
-    chunk = max(1 << 20, budget // 16)
+    chunk = max(1 << 16, budget // 16)
     with tqdm(total=graph.num_edges, desc="ingest 4/4 transpose", unit="edges", unit_scale=True,
               disable=hide, file=sys.stderr) as bar:
         for r0, ptr, ind, ts in graph.iter_rows("user", chunk, with_ts=True, indptr=user_indptr):

@@ -40,7 +40,7 @@ from partition.scratch import Scratch, disk_error, reset_write_budget
 
 METIS_PATHS = ("auto", "in-memory", "multilevel")
 # Resource model (bytes), fitted on measured runs (BENCHMARKS.md, "Partitioning at scale").
-BASE_RSS = 400 * 2**20                 # interpreter, numpy, pyarrow, numba
+BASE_RSS = 300 * 2**20                 # interpreter, numpy, pyarrow, numba and its kernels
 INMEM_BYTES_PER_EDGE = 60              # METIS on the whole graph, per interaction (2 directed edges)
 INMEM_BYTES_PER_NODE = 150
 ML_BYTES_PER_NODE = 100                # labels, weights, ratings, gid map, halo maps (per part: 1)
@@ -207,6 +207,14 @@ def quality(parts: list[dict], cut: int, num_edges: int, num_nodes: int) -> dict
     }
 
 
+def _test_delay(stage: str) -> None:
+    """``DISTGNN_TEST_STAGE_DELAY=stage:seconds`` pauses before a stage (tests send signals then)."""
+    spec = os.environ.get("DISTGNN_TEST_STAGE_DELAY", "")
+    if spec.startswith(stage + ":"):
+        import time
+        time.sleep(float(spec.split(":", 1)[1]))
+
+
 def _scratch_root(opts: CreateOptions, out: Path) -> Path:
     base = Path(opts.tmp_dir) if opts.tmp_dir else out.resolve().parent
     return base / f".{out.name}.partition-scratch"
@@ -246,14 +254,14 @@ def create(opts: CreateOptions) -> dict[str, Any]:
 
 def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[str, Any]:
     timer = StageTimer()
-    chunk_entries = int(max(1 << 20, min(1 << 26, limit // 160)))
+    chunk_entries = int(max(1 << 16, min(1 << 26, limit // 400)))
     spec = ingest.InputSpec(opts.train, opts.user_col, opts.item_col, opts.ts_col)
 
     # ---- 1. ingest -----------------------------------------------------------------------
     info = scratch.completed("ingest") if opts.resume else None
     with timer.stage("ingest"):
         if info is None:
-            graph, carved = build_graph(IngestOptions(spec, memory_budget=limit // 2,
+            graph, carved = build_graph(IngestOptions(spec, memory_budget=limit // 16,
                                                       valid_fraction=opts.valid_fraction,
                                                       valid_by=opts.valid_by, seed=opts.seed,
                                                       progress=opts.progress), scratch)
@@ -320,6 +328,7 @@ def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[s
             part = scratch.load("part.npy")
 
     # ---- 3. dispatch ---------------------------------------------------------------------
+    _test_delay("dispatch")
     files: dict[str, dict] = {}
     with dispatch.AtomicDir(out, opts.overwrite) as tmp:
         with timer.stage("dispatch"):
