@@ -23,7 +23,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/distgnn gen --interactions 200000 --communities 8 --seed 0 --out $(DEMO_DIR)/data --overwrite
 	$(BIN)/distgnn partition create --train $(DEMO_DIR)/data/train --test $(DEMO_DIR)/data/test \
-		--num-parts 2 --method metis --out $(DEMO_DIR)/parts --overwrite
+		--valid-fraction 0.1 --num-parts 2 --method metis --out $(DEMO_DIR)/parts --overwrite
 	$(BIN)/distgnn partition verify $(DEMO_DIR)/parts --train $(DEMO_DIR)/data/train
 	$(BIN)/distgnn train --config configs/demo.yaml --partitions $(DEMO_DIR)/parts \
 		--backend ray --num-workers 2 --out $(DEMO_DIR)/run --overwrite

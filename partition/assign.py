@@ -87,9 +87,43 @@ def assign_metis_in_memory(graph: Graph, opts: AssignOptions) -> np.ndarray:
     indptr, indices = _full_csr(graph)
     part, cut = metis.part_graph_kway(indptr, indices, opts.num_parts, fine_vertex_weights(graph),
                                       None, IMBALANCE, opts.seed)
+    del indptr, indices
+    part = part.astype(np.int16)
+    moves = _refine_fine(graph, part, opts, np.random.default_rng(opts.seed))
     opts.info.update({"path": "in-memory", "metis_nodes": graph.num_nodes,
-                      "metis_edges": int(len(indices) // 2), "metis_cut": cut})
-    return part.astype(np.int16)
+                      "metis_edges": graph.num_edges, "metis_cut": cut, "refine_moves": [moves]})
+    return part
+
+
+def _max_loads(graph: Graph, k: int) -> np.ndarray:
+    totals = np.array([graph.num_users, graph.num_items, graph.num_edges, graph.num_edges], dtype=np.float64)
+    return np.ceil(totals / k * IMBALANCE).astype(np.int64) + 1
+
+
+def _refine_fine(graph: Graph, part: np.ndarray, opts: AssignOptions, rng: np.random.Generator) -> int:
+    """Greedy k-way refinement sweeps over the on-disk CSR (both sides), streamed in chunks."""
+    k = opts.num_parts
+    loads = fine_vertex_weights(graph, part, k)
+    max_loads = _max_loads(graph, k)
+    dummy_ew = np.zeros(0, dtype=np.int64)
+    dummy_vw = np.zeros((1, NCON), dtype=np.int64)
+    moves = 0
+    hide = None if opts.progress else True
+    E = graph.num_edges
+    with tqdm(total=2 * E * opts.refine_rounds, desc="assign: refine", unit="edges", unit_scale=True,
+              disable=hide, file=sys.stderr) as bar:
+        for _ in range(opts.refine_rounds):
+            mv = 0
+            for side in SIDES:
+                for r0, ptr, ind, _ in graph.iter_rows(side, opts.chunk_entries):
+                    mv += _refine(ptr, ind, dummy_ew, False, part, dummy_vw, opts, loads, max_loads, rng,
+                                  num_users=graph.num_users, row_start=r0 + graph.row_offset(side),
+                                  nbr_offset=graph.nbr_offset(side))
+                    bar.update(len(ind))
+            moves += mv
+            if mv < graph.num_nodes // 1000:
+                break
+    return int(moves)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,8 +293,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
     part, cut = metis.part_graph_kway(top.indptr, top.indices, k, top.vweights, top.eweights,
                                       IMBALANCE, opts.seed)
     part = part.astype(np.int16)
-    totals = vw.sum(axis=0)
-    max_loads = np.ceil(totals / k * IMBALANCE).astype(np.int64) + 1
+    max_loads = _max_loads(graph, k)
     moves = []
     # Uncoarsen: refine each coarse level in memory, then project to the finer one.
     for li in range(len(levels) - 1, -1, -1):
@@ -276,23 +309,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
         moves.append(int(m))
         part = part[lv.labels_from_finer]
     # Fine level: streamed refinement sweeps over both sides.
-    loads = fine_vertex_weights(graph, part, k)
-    dummy_ew = np.zeros(0, dtype=np.int64)
-    dummy_vw = np.zeros((1, NCON), dtype=np.int64)
-    fine_moves = 0
-    with tqdm(total=2 * E * 2, desc="assign: refine", unit="edges", unit_scale=True, disable=hide,
-              file=sys.stderr) as bar:
-        for _ in range(2):
-            mv = 0
-            for side in SIDES:
-                for r0, ptr, ind, _ in graph.iter_rows(side, opts.chunk_entries):
-                    mv += _refine(ptr, ind, dummy_ew, False, part, dummy_vw, opts, loads, max_loads, rng,
-                                  num_users=graph.num_users, row_start=r0 + graph.row_offset(side),
-                                  nbr_offset=graph.nbr_offset(side))
-                    bar.update(len(ind))
-            fine_moves += mv
-            if mv < graph.num_nodes // 1000:
-                break
+    fine_moves = _refine_fine(graph, part, opts, rng)
     opts.info.update({"path": "multilevel", "level_sizes": [int(s) for s in sizes],
                       "metis_nodes": int(len(top.indptr) - 1), "metis_edges": int(len(top.indices) // 2),
                       "metis_cut": int(cut), "refine_moves": moves + [int(fine_moves)]})

@@ -9,14 +9,6 @@ from typing import Any
 from distgnn.errors import UserError
 from distgnn.stages import human_bytes
 
-# Resource model for `estimate`, fitted on measured `create` runs on this 2-core machine:
-# generated 10M interactions and Gowalla (0.8M), 4 parts (/usr/bin/time -v; see BENCHMARKS.md).
-# peak RSS ~ BASE + PER_INTERACTION * rows; output ~ DISK_PER_INTERACTION * rows (snappy Parquet).
-ESTIMATE_BASE_RSS = {"metis": 680 * 2**20, "random": 300 * 2**20}   # torch/DGL import for METIS
-ESTIMATE_RSS_PER_INTERACTION = {"metis": 210, "random": 66}
-ESTIMATE_DISK_PER_INTERACTION = 12
-ESTIMATE_SECONDS = {"metis": (1.5, 1.0), "random": (0.5, 0.26)}  # (start-up, per million rows)
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "partition", help="partition interaction logs into METIS-balanced Parquet shards",
@@ -89,6 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--train", required=True, metavar="PATH")
     e.add_argument("--num-parts", type=int, required=True, metavar="P")
     e.add_argument("--method", choices=["metis", "random"], default="metis")
+    e.add_argument("--metis-path", choices=["auto", "in-memory", "multilevel"], default="auto")
+    e.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="as for create (default: 75%% of available memory)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(handler=run_estimate)
 
@@ -179,33 +174,29 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def estimate(rows: int, num_parts: int, method: str) -> dict[str, float]:
-    return {
-        "rows": rows,
-        "num_parts": num_parts,
-        "method": method,
-        "peak_rss_bytes": ESTIMATE_BASE_RSS[method] + ESTIMATE_RSS_PER_INTERACTION[method] * rows,
-        "output_bytes": ESTIMATE_DISK_PER_INTERACTION * rows,
-        "seconds": ESTIMATE_SECONDS[method][0] + ESTIMATE_SECONDS[method][1] * rows / 1e6,
-    }
-
-
 def run_estimate(args: argparse.Namespace) -> int:
-    from partition.ingest import count_rows
+    from partition.ingest import count_rows, estimate_nodes
+    from partition.pipeline import default_memory_limit, estimate, parse_bytes
 
     if args.num_parts < 1:
         raise UserError(f"--num-parts must be >= 1 (got {args.num_parts})")
     rows, size, fmt_name = count_rows(args.train)
-    est = estimate(rows, args.num_parts, args.method)
+    limit = parse_bytes(args.memory_limit) if args.memory_limit else default_memory_limit()
+    nodes, nodes_how = estimate_nodes(args.train, rows)
+    est = estimate(rows, nodes, args.num_parts, limit, args.metis_path, args.method)
     est["input_bytes"] = size
     est["rows_exact"] = fmt_name == "parquet"
+    est["nodes_from"] = nodes_how
     if args.json:
         print(json.dumps(est, indent=2))
         return 0
     approx = "" if est["rows_exact"] else "about "
-    print(f"input: {approx}{rows:,} interactions, {human_bytes(size)} ({fmt_name})")
-    print(f"partition create --num-parts {args.num_parts} --method {args.method} needs about:")
+    print(f"input: {approx}{rows:,} interactions, {human_bytes(size)} ({fmt_name}); "
+          f"about {nodes:,} users + items ({nodes_how})")
+    print(f"partition create --num-parts {args.num_parts} --method {args.method} "
+          f"--memory-limit {human_bytes(limit)} would use the {est['path']} path ({est['why']}) and need about:")
     print(f"  peak RAM  {human_bytes(est['peak_rss_bytes'])}")
-    print(f"  disk      {human_bytes(est['output_bytes'])} (plus the same again while the old output is replaced)")
+    print(f"  scratch   {human_bytes(est['scratch_bytes'])} (beside --out, or --tmp-dir; removed at the end)")
+    print(f"  output    {human_bytes(est['output_bytes'])} (plus the old output while --overwrite replaces it)")
     print(f"  time      {est['seconds']:.0f} s on a 2-core machine")
     return 0

@@ -39,14 +39,21 @@ from partition.idmap import IdMap
 from partition.scratch import Scratch, disk_error, reset_write_budget
 
 METIS_PATHS = ("auto", "in-memory", "multilevel")
-# Resource model (bytes), fitted on measured runs (BENCHMARKS.md, "Partitioning at scale").
+# Resource model, fitted on measured `partition create` runs on the 2-core, 24 GB machine
+# (BENCHMARKS.md, "Partitioning at scale"); `partition estimate` and the auto path choice use it.
 BASE_RSS = 300 * 2**20                 # interpreter, numpy, pyarrow, numba and its kernels
-INMEM_BYTES_PER_EDGE = 60              # METIS on the whole graph, per interaction (2 directed edges)
+INMEM_BYTES_PER_EDGE = 130             # METIS on the whole graph, per interaction (2 directed edges)
 INMEM_BYTES_PER_NODE = 150
-ML_BYTES_PER_NODE = 100                # labels, weights, ratings, gid map, halo maps (per part: 1)
+ML_BYTES_PER_NODE = 100                # labels, weights, ratings, gid map (plus 1 byte/part: halo maps)
 ML_CHUNK_BYTES = 40                    # per streamed CSR entry
-INMEM_SECONDS_PER_EDGE = 0.45e-6       # METIS time per interaction (2-core machine)
-ML_SECONDS_PER_EDGE = 0.12e-6          # coarsening + coarse METIS + refinement per interaction
+INMEM_SECONDS_PER_EDGE = 0.45e-6       # assign stage, METIS on the whole graph
+ML_SECONDS_PER_EDGE = 0.12e-6          # assign stage: coarsening + coarse METIS + refinement
+INGEST_SECONDS_PER_ROW = 0.40e-6       # two scans, buckets, dedup, transpose
+DISPATCH_SECONDS_PER_EDGE = 0.45e-6    # streamed shards, checksums
+START_SECONDS = 1.0
+OUTPUT_BYTES_PER_EDGE = 11.5           # snappy Parquet shards + id maps (measured at 10M)
+SCRATCH_BYTES_PER_ROW = 8              # int32 user + item per input row in the buckets
+SCRATCH_BYTES_PER_NODE = 16            # the two indptr arrays
 
 
 @dataclass
@@ -145,6 +152,40 @@ def path_estimates(num_nodes: int, num_edges: int, num_parts: int, chunk_entries
         "multilevel": {"peak_rss_bytes": BASE_RSS + (ML_BYTES_PER_NODE + num_parts) * num_nodes
                        + ML_CHUNK_BYTES * chunk_entries,
                        "assign_seconds": ML_SECONDS_PER_EDGE * num_edges},
+    }
+
+
+def chunk_entries_for(limit: int) -> int:
+    """CSR entries per streamed chunk: about a 400th of the memory limit."""
+    return int(max(1 << 16, min(1 << 26, limit // 400)))
+
+
+def estimate(rows: int, num_nodes: int, num_parts: int, limit: int, metis_path: str = "auto",
+             method: str = "metis") -> dict[str, Any]:
+    """Whole-run RAM, disk and time for ``rows`` input interactions (``partition estimate``)."""
+    edges = rows  # before deduplication: an upper bound
+    chunk = min(chunk_entries_for(limit), 2 * edges)
+    paths = path_estimates(num_nodes, edges, num_parts, chunk)
+    if method == "random":
+        path, why = "random", "--method random"
+        rss = BASE_RSS + (ML_BYTES_PER_NODE + num_parts) * num_nodes + ML_CHUNK_BYTES * chunk
+        assign_s = 0.02e-6 * edges
+    else:
+        try:
+            path, why = choose_path(metis_path, num_nodes, edges, num_parts, limit, chunk)
+        except UserError as exc:
+            path, why = "none", str(exc)
+        p = paths.get(path, paths["multilevel"])
+        rss, assign_s = p["peak_rss_bytes"], p["assign_seconds"]
+    ingest_rss = BASE_RSS + 5 * num_nodes + limit // 16
+    return {
+        "rows": rows, "num_nodes_estimate": num_nodes, "num_parts": num_parts, "method": method,
+        "memory_limit": limit, "path": path, "why": why,
+        "peak_rss_bytes": int(max(rss, ingest_rss)),
+        "scratch_bytes": int(SCRATCH_BYTES_PER_ROW * rows + SCRATCH_BYTES_PER_NODE * num_nodes),
+        "output_bytes": int(OUTPUT_BYTES_PER_EDGE * edges),
+        "seconds": START_SECONDS + INGEST_SECONDS_PER_ROW * rows + assign_s + DISPATCH_SECONDS_PER_EDGE * edges,
+        "paths": paths,
     }
 
 
@@ -254,7 +295,7 @@ def create(opts: CreateOptions) -> dict[str, Any]:
 
 def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[str, Any]:
     timer = StageTimer()
-    chunk_entries = int(max(1 << 16, min(1 << 26, limit // 400)))
+    chunk_entries = chunk_entries_for(limit)
     spec = ingest.InputSpec(opts.train, opts.user_col, opts.item_col, opts.ts_col)
 
     # ---- 1. ingest -----------------------------------------------------------------------
@@ -305,7 +346,7 @@ def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[s
         path, why = "random", "--method random"
     else:
         path, why = choose_path(opts.metis_path, num_nodes, graph.num_edges, opts.num_parts, limit,
-                                chunk_entries)
+                                min(chunk_entries, 2 * graph.num_edges))
     ainfo = scratch.completed("assign") if opts.resume else None
     if ainfo is not None and ainfo.get("path") != path:
         ainfo = None

@@ -17,4 +17,16 @@ def test_both_sides_partition_the_same_input(tmp_path, capsys):
         assert side["peak_rss_bytes"] > 100 * 2**20      # measured in the child, not the parent
         assert side["seconds"] > 0
     assert abs(report["speedup"] - dgl["seconds"] / ours["seconds"]) < 1e-9
-    assert (tmp_path / "ours" / "manifest.json").is_file() and (tmp_path / "dgl" / "bench.json").is_file()
+    for side in (ours, dgl):
+        assert side["process_seconds"] > side["seconds"]   # the whole process includes imports
+    assert abs(report["process_speedup"] - dgl["process_seconds"] / ours["process_seconds"]) < 1e-9
+
+
+def test_sweep_writes_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "partition", "--sizes", "3000,6000", "--num-parts", "2", "--skip-dgl",
+                 "--workdir", str(tmp_path / "w"), "--out", str(out), "--timeout", "300"]) == 0
+    sweep = json.loads((out / "partition_sweep.json").read_text())
+    assert [r["interactions"] for r in sweep["records"]] == [3000, 6000]
+    assert all(r["ours"]["process_seconds"] > 0 and r["ours"]["peak_rss_bytes"] > 0 for r in sweep["records"])
+    assert (out / "partition_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
