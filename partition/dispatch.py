@@ -79,7 +79,8 @@ class _PartWriter:
         path = root / self.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         self.schema = fmt.schema_for(fmt.EDGES_COLUMNS, with_ts=has_ts)
-        self.writer = pq.ParquetWriter(path, self.schema)
+        # src gids are near-random: dictionary encoding only costs time; lz4 decodes fastest
+        self.writer = pq.ParquetWriter(path, self.schema, use_dictionary=False, compression="lz4")
         self.has_ts = has_ts
         self.buf: list[tuple] = []
         self.buffered = 0
@@ -120,31 +121,30 @@ def write_shards(root: Path, graph: Graph, part_of_raw: np.ndarray, rl: Relabele
     cut = 0
     hide = None if progress else True
     empty_ts = np.zeros(0, dtype=np.int64)
+    counts = np.zeros(num_parts, dtype=np.int64)
     with tqdm(total=2 * graph.num_edges, desc="dispatch", unit="edges", unit_scale=True, disable=hide,
               file=sys.stderr) as bar:
         for side in ("user", "item"):
             row_off, nbr_off = graph.row_offset(side), graph.nbr_offset(side)
             for r0, ptr, ind, ts in graph.iter_rows(side, chunk_entries, with_ts=True):
-                rows = np.arange(r0, r0 + len(ptr) - 1, dtype=np.int64) + row_off
-                counts = np.diff(ptr)
-                src = rl.gid_of_raw[ind.astype(np.int64) + nbr_off]
-                payload = ts if ts is not None else empty_ts
-                kernels.sort_row_segments(ptr, src, payload, ts is not None)
-                row_part = part_of_raw[rows]
-                edge_part = np.repeat(row_part, counts)
-                dst = np.repeat(rl.gid_of_raw[rows], counts)
+                m = len(ind)
+                out_src = np.empty(m, dtype=np.int64)
+                out_dst = np.empty(m, dtype=np.int64)
+                out_ts = np.empty(m if ts is not None else 0, dtype=np.int64)
+                c = kernels.dispatch_chunk(r0, row_off, ptr, ind, nbr_off,
+                                           ts if ts is not None else empty_ts, ts is not None,
+                                           part_of_raw, rl.gid_of_raw, num_parts, halo,
+                                           out_src, out_dst, out_ts, counts)
                 if side == "user":
-                    cut += int((part_of_raw[ind.astype(np.int64) + nbr_off] != edge_part).sum())
-                order = np.argsort(edge_part, kind="stable")
-                bounds = np.searchsorted(edge_part[order], np.arange(num_parts + 1))
-                for p in np.flatnonzero(np.diff(bounds)):
-                    sel = order[bounds[p]:bounds[p + 1]]
-                    s = src[sel]
-                    halo[p, s] = 1
-                    writers[p].add(s, dst[sel], ts[sel] if ts is not None else None)
-                    if side == "user":
-                        num_train[p] += len(sel)
-                bar.update(len(ind))
+                    cut += int(c)
+                    num_train += counts
+                lo = 0
+                for p in range(num_parts):
+                    hi = lo + int(counts[p])
+                    if hi > lo:
+                        writers[p].add(out_src[lo:hi], out_dst[lo:hi], out_ts[lo:hi] if ts is not None else None)
+                    lo = hi
+                bar.update(m)
     parts = []
     for p, w in enumerate(writers):
         w.close()

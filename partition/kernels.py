@@ -272,3 +272,67 @@ def sort_row_segments(indptr, values, payload, has_payload):
             payload[a:b] = p
         else:
             values[a:b] = np.sort(values[a:b])
+
+
+@njit(cache=True)
+def dispatch_chunk(row_start, row_offset, indptr, indices, nbr_offset, ts, has_ts, part_of_raw,
+                   gid_of_raw, num_parts, halo, out_src, out_dst, out_ts, part_counts):
+    """One streamed chunk of rows -> per-partition runs of (src_gid, dst_gid[, ts]).
+
+    For each row (a destination node): its partition is ``part_of_raw[row]``; its entries become
+    edges ``src -> row`` with src gids sorted ascending (insertion sort: rows are short on
+    average, long rows fall back to a merge sort). Edges are written grouped by partition, each
+    group in row order (= gid order inside a partition), into ``out_*``; ``part_counts[p]`` gets
+    the group sizes, ``halo[p, src]`` marks the sources seen. Returns the number of entries whose
+    two ends lie in different partitions.
+    """
+    base = indptr[0]
+    nrows = indptr.size - 1
+    for p in range(num_parts):
+        part_counts[p] = 0
+    for r in range(nrows):
+        part_counts[part_of_raw[row_offset + row_start + r]] += indptr[r + 1] - indptr[r]
+    pos = np.zeros(num_parts, dtype=np.int64)
+    acc = 0
+    for p in range(num_parts):
+        pos[p] = acc
+        acc += part_counts[p]
+    cut = 0
+    for r in range(nrows):
+        v = row_offset + row_start + r
+        p = part_of_raw[v]
+        dst = gid_of_raw[v]
+        a = indptr[r] - base
+        b = indptr[r + 1] - base
+        start = pos[p]
+        long_row = b - a > 48
+        for e in range(a, b):
+            n = indices[e] + nbr_offset
+            if part_of_raw[n] != p:
+                cut += 1
+            g = gid_of_raw[n]
+            halo[p, g] = 1
+            j = pos[p]
+            if not long_row:
+                # insertion into the sorted run out_src[start:j]
+                while j > start and out_src[j - 1] > g:
+                    out_src[j] = out_src[j - 1]
+                    if has_ts:
+                        out_ts[j] = out_ts[j - 1]
+                    j -= 1
+            out_src[j] = g
+            if has_ts:
+                out_ts[j] = ts[e]
+            out_dst[pos[p]] = dst
+            pos[p] += 1
+        if long_row:
+            end = pos[p]
+            if has_ts:
+                order = np.argsort(out_src[start:end], kind="mergesort")
+                run = out_src[start:end][order]
+                tr = out_ts[start:end][order]
+                out_src[start:end] = run
+                out_ts[start:end] = tr
+            else:
+                out_src[start:end] = np.sort(out_src[start:end])
+    return cut
