@@ -38,6 +38,7 @@ class AssignOptions:
     coarse_target: int = 200_000       # stop coarsening below this many clusters
     max_cluster_fraction: float = 1 / 32   # cluster weight cap, of one partition's weight
     refine_rounds: int = 3
+    coarse_budget_entries: int = 1 << 28   # directed entries of the first coarse graph kept in memory
     progress: bool = True
     info: dict = field(default_factory=dict)   # filled with what ran (levels, sizes, cuts)
 
@@ -146,23 +147,6 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inv.astype(np.int32), len(uniq)
 
 
-def _coarse_csr(keys: np.ndarray, weights: np.ndarray, num_clusters: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Symmetric weighted CSR from aggregated directed keys ``a * C + b`` (both directions present)."""
-    src = (keys // num_clusters).astype(np.int64)
-    indices = (keys % num_clusters).astype(np.int32)
-    indptr = np.zeros(num_clusters + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=num_clusters), out=indptr[1:])
-    return indptr, indices, weights.astype(np.int64)
-
-
-def _aggregate(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if weights is None:
-        return np.unique(keys, return_counts=True)
-    uniq, inv = np.unique(keys, return_inverse=True)
-    return uniq, np.bincount(inv, weights=weights, minlength=len(uniq)).astype(np.int64)
-
-
 def _lp_fine(graph: Graph, opts: AssignOptions, max_w: int, rng: np.random.Generator, bar) -> np.ndarray:
     """Label propagation over the on-disk bipartite CSR; returns labels over raw nodes."""
     N = graph.num_nodes
@@ -189,29 +173,74 @@ def _lp_fine(graph: Graph, opts: AssignOptions, max_w: int, rng: np.random.Gener
     return labels
 
 
-def _contract_fine(graph: Graph, labels: np.ndarray, num_clusters: int, opts: AssignOptions, bar
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Aggregate the fine edges between clusters, streamed over the user-side CSR."""
-    keys_l, w_l = [], []
+def _contract_fine(graph: Graph, labels: np.ndarray, num_clusters: int, opts: AssignOptions, bar,
+                   budget_entries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Aggregate the fine edges between clusters, streamed over the user-side CSR.
+
+    Each chunk's cross-cluster pairs are aggregated (one sort of the chunk), both directions are
+    appended to bucket files by source-cluster range, and each bucket is reduced to coarse CSR
+    rows. If the coarse graph would exceed ``budget_entries`` directed entries, edges of weight 1
+    (a single interaction between two clusters) are dropped: they carry the least structure, and
+    the fine-level refinement sees every edge again. Returns (indptr, indices, weights, min_weight).
+    """
+    scratch = graph.scratch
     buf = np.empty(opts.chunk_entries, dtype=np.int64)
-    for r0, ptr, ind, _ in graph.iter_rows("user", opts.chunk_entries):
-        if len(ind) > len(buf):
-            buf = np.empty(len(ind), dtype=np.int64)
-        m = kernels.cross_cluster_keys(r0, ptr, ind, graph.num_users, labels, np.int64(num_clusters), buf)
-        k, w = np.unique(buf[:m], return_counts=True)
-        keys_l.append(k)
-        w_l.append(w)
-        bar.update(len(ind))
-    keys = np.concatenate(keys_l)
-    w = np.concatenate(w_l)
-    del keys_l, w_l
-    keys, w = _aggregate(keys, w)
-    # both directions: a*C+b and b*C+a
-    rev = (keys % num_clusters) * num_clusters + keys // num_clusters
-    keys = np.concatenate([keys, rev])
-    w = np.concatenate([w, w])
-    keys, w = _aggregate(keys, w)
-    return _coarse_csr(keys, w, num_clusters)
+    num_buckets = max(1, min(1024, -(-2 * graph.num_edges // (4 * opts.chunk_entries))))
+    per_bucket = -(-num_clusters // num_buckets)
+    handles = [open(scratch.path(f"contract-{b:04d}.bin"), "wb", buffering=1 << 20) for b in range(num_buckets)]
+    upper = 0
+    try:
+        for r0, ptr, ind, _ in graph.iter_rows("user", opts.chunk_entries):
+            if len(ind) > len(buf):
+                buf = np.empty(len(ind), dtype=np.int64)
+            m = kernels.cross_cluster_keys(r0, ptr, ind, graph.num_users, labels, np.int64(num_clusters), buf)
+            k, w = np.unique(buf[:m], return_counts=True)
+            a, b = k // num_clusters, k % num_clusters
+            upper += 2 * len(k)
+            for src, dst in ((a, b), (b, a)):
+                bk = src // per_bucket
+                order = np.argsort(bk, kind="stable")
+                bounds = np.searchsorted(bk[order], np.arange(num_buckets + 1))
+                rec = np.empty((len(src), 3), dtype=np.int32)   # src, dst, weight: 12 bytes
+                rec[:, 0] = src
+                rec[:, 1] = dst
+                rec[:, 2] = np.minimum(w, np.iinfo(np.int32).max)
+                rec = rec[order]
+                for j in np.flatnonzero(np.diff(bounds)):
+                    handles[j].write(rec[bounds[j]:bounds[j + 1]].tobytes())
+            bar.update(len(ind))
+    finally:
+        for h in handles:
+            h.close()
+    min_weight = 1 if upper <= budget_entries else 2
+    opts.info["coarse_entries_upper_bound"] = int(upper)
+    indptr = np.zeros(num_clusters + 1, dtype=np.int64)
+    rows_deg = np.zeros(num_clusters, dtype=np.int64)
+    ind_parts, w_parts = [], []
+    for j in range(num_buckets):
+        path = scratch.path(f"contract-{j:04d}.bin")
+        rec = np.fromfile(path, dtype=np.int32).reshape(-1, 3)
+        path.unlink()
+        if len(rec) == 0:
+            continue
+        keys = rec[:, 0].astype(np.int64) * num_clusters + rec[:, 1]
+        order = np.argsort(keys)
+        keys = keys[order]
+        ws = rec[order, 2].astype(np.int64)
+        del rec, order
+        start = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        keys = keys[start]
+        ws = np.add.reduceat(ws, start)
+        keep = ws >= min_weight
+        keys, ws = keys[keep], ws[keep]
+        src = keys // num_clusters
+        rows_deg += np.bincount(src, minlength=num_clusters)
+        ind_parts.append((keys % num_clusters).astype(np.int32))
+        w_parts.append(ws.astype(np.int64))
+    np.cumsum(rows_deg, out=indptr[1:])
+    indices = np.concatenate(ind_parts) if ind_parts else np.zeros(0, np.int32)
+    weights = np.concatenate(w_parts) if w_parts else np.zeros(0, np.int64)
+    return indptr, indices, weights, min_weight
 
 
 def _lp_coarse(indptr, indices, ew, vw_total, opts, max_w, rng, seed) -> np.ndarray:
@@ -230,13 +259,24 @@ def _lp_coarse(indptr, indices, ew, vw_total, opts, max_w, rng, seed) -> np.ndar
     return labels
 
 
-def _contract_coarse(indptr, indices, ew, labels, num_clusters):
-    src_lab = np.repeat(labels, np.diff(indptr))
-    dst_lab = labels[indices]
-    cross = src_lab != dst_lab
-    keys = src_lab[cross].astype(np.int64) * num_clusters + dst_lab[cross]
-    keys, w = _aggregate(keys, ew[cross])
-    return _coarse_csr(keys, w, num_clusters)
+def _contract_coarse(indptr, indices, ew, labels, num_clusters, min_weight: int = 1):
+    """Coarse CSR of an in-memory weighted CSR, with no [num_edges] temporaries (two compiled
+    passes: count, then fill)."""
+    members = np.argsort(labels, kind="stable").astype(np.int64)
+    member_ptr = np.zeros(num_clusters + 1, dtype=np.int64)
+    np.cumsum(np.bincount(labels, minlength=num_clusters), out=member_ptr[1:])
+    rating = np.zeros(num_clusters, dtype=np.int64)
+    touched = np.zeros(num_clusters, dtype=np.int32)
+    out_indptr = np.zeros(num_clusters + 1, dtype=np.int64)
+    dummy_i = np.zeros(0, dtype=np.int32)
+    dummy_w = np.zeros(0, dtype=np.int64)
+    m = kernels.contract_csr(indptr, indices, ew, labels, num_clusters, members, member_ptr, min_weight,
+                             False, out_indptr, dummy_i, dummy_w, rating, touched)
+    out_indices = np.empty(m, dtype=np.int32)
+    out_w = np.empty(m, dtype=np.int64)
+    kernels.contract_csr(indptr, indices, ew, labels, num_clusters, members, member_ptr, min_weight,
+                         True, out_indptr, out_indices, out_w, rating, touched)
+    return out_indptr, out_indices, out_w
 
 
 def _refine(indptr, indices, ew, use_ew, part, vw, opts, loads, max_loads, rng, num_users=-1,
@@ -258,6 +298,16 @@ def _loads(part: np.ndarray, vw: np.ndarray, k: int) -> np.ndarray:
 
 def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
     """Coarsen (LP, streamed) -> METIS on the coarsest level -> project and refine."""
+    import time
+    t0 = time.perf_counter()
+    secs: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        secs[name] = round(secs.get(name, 0.0) + now - t0, 2)
+        t0 = now
+
     k = opts.num_parts
     rng = np.random.default_rng(opts.seed)
     hide = None if opts.progress else True
@@ -267,9 +317,11 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
     with tqdm(total=2 * E * opts.lp_rounds + E, desc="assign: coarsen", unit="edges", unit_scale=True,
               disable=hide, file=sys.stderr) as bar:
         labels0 = _lp_fine(graph, opts, max_w, rng, bar)
+        lap("coarsen_fine")
         labels0, C = _compact(labels0)
-        indptr, indices, ew = _contract_fine(graph, labels0, C, opts, bar)
+        indptr, indices, ew, min_w = _contract_fine(graph, labels0, C, opts, bar, opts.coarse_budget_entries)
     vw = fine_vertex_weights(graph, labels0, C)
+    lap("contract_fine")
     levels = [Level(indptr, indices, ew, vw, labels0)]
     sizes = [graph.num_nodes, C]
     while len(levels[-1].indptr) - 1 > opts.coarse_target:
@@ -286,6 +338,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
             vw2[:, c] = np.bincount(lab, weights=lv.vweights[:, c], minlength=C2).astype(np.int64)
         levels.append(Level(ip, ix, w, vw2, lab))
         sizes.append(C2)
+    lap("coarsen_coarse")
     top = levels[-1]
     if opts.progress:
         print(f"assign: METIS on the coarsest level ({len(top.indptr) - 1:,} nodes, "
@@ -293,6 +346,7 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
     part, cut = metis.part_graph_kway(top.indptr, top.indices, k, top.vweights, top.eweights,
                                       IMBALANCE, opts.seed)
     part = part.astype(np.int16)
+    lap("metis")
     max_loads = _max_loads(graph, k)
     moves = []
     # Uncoarsen: refine each coarse level in memory, then project to the finer one.
@@ -308,11 +362,13 @@ def assign_multilevel(graph: Graph, opts: AssignOptions) -> np.ndarray:
                 break
         moves.append(int(m))
         part = part[lv.labels_from_finer]
+    lap("refine_coarse")
     # Fine level: streamed refinement sweeps over both sides.
     fine_moves = _refine_fine(graph, part, opts, rng)
+    lap("refine_fine")
     opts.info.update({"path": "multilevel", "level_sizes": [int(s) for s in sizes],
                       "metis_nodes": int(len(top.indptr) - 1), "metis_edges": int(len(top.indices) // 2),
-                      "metis_cut": int(cut), "refine_moves": moves + [int(fine_moves)]})
+                      "metis_cut": int(cut), "coarse_min_weight": int(min_w), "refine_moves": moves + [int(fine_moves)], "seconds": secs})
     return part
 
 

@@ -336,3 +336,41 @@ def dispatch_chunk(row_start, row_offset, indptr, indices, nbr_offset, ts, has_t
             else:
                 out_src[start:end] = np.sort(out_src[start:end])
     return cut
+
+
+@njit(cache=True)
+def contract_csr(indptr, indices, ew, labels, num_clusters, members, member_ptr, min_weight, fill,
+                 out_indptr, out_indices, out_w, rating, touched):
+    """Contract a weighted CSR by ``labels`` into a coarse CSR, cluster by cluster.
+
+    ``members[member_ptr[c]:member_ptr[c+1]]`` are the nodes of cluster ``c``. Edges inside a
+    cluster vanish; parallel edges merge, their weights add; coarse edges lighter than
+    ``min_weight`` are dropped (symmetric, since both directions carry the same weight). With
+    ``fill`` False only ``out_indptr`` (the coarse degrees, cumulated) is computed, so the caller
+    can allocate exactly; with ``fill`` True the rows are written.
+    """
+    pos = 0
+    out_indptr[0] = 0
+    for c in range(num_clusters):
+        nt = 0
+        for m in range(member_ptr[c], member_ptr[c + 1]):
+            v = members[m]
+            for e in range(indptr[v], indptr[v + 1]):
+                d = labels[indices[e]]
+                if d == c:
+                    continue
+                if rating[d] == 0:
+                    touched[nt] = d
+                    nt += 1
+                rating[d] += ew[e]
+        for k in range(nt):
+            d = touched[k]
+            w = rating[d]
+            if w >= min_weight:
+                if fill:
+                    out_indices[pos] = d
+                    out_w[pos] = w
+                pos += 1
+            rating[d] = 0
+        out_indptr[c + 1] = pos
+    return pos
