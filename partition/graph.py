@@ -80,8 +80,11 @@ class Graph:
         return self.scratch.load(f"{side}_indptr.npy")
 
     def degrees(self) -> np.ndarray:
-        """Degree of every raw node (users, then items), int64."""
-        return np.concatenate([np.diff(self.indptr("user")), np.diff(self.indptr("item"))])
+        """Degree of every raw node (users, then items), int32 (a degree is below 2^31)."""
+        out = np.empty(self.num_nodes, dtype=np.int32)
+        out[:self.num_users] = np.diff(self.indptr("user"))
+        out[self.num_users:] = np.diff(self.indptr("item"))
+        return out
 
     def iter_rows(self, side: str, max_entries: int, with_ts: bool = False, indptr: np.ndarray | None = None
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
