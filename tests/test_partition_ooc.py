@@ -234,3 +234,28 @@ def test_sigterm_mid_run_exits_130_and_keeps_only_resumable_stages(gen1m, tmp_pa
     kept = {p.name for p in scratch.iterdir()}
     assert "stage-ingest.json" in kept and "stage-assign.json" in kept and "part.npy" in kept
     assert not [k for k in kept if k.startswith("bucket")]
+
+
+def test_all_null_column_is_one_line(tmp_path, capsys):
+    p = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([None, None], pa.int64()), "item_id": [1, 2]}), p)
+    q = tmp_path / "nulltype.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([None, None]), "item_id": [1, 2]}), q)
+    for src in (p, q):
+        out = tmp_path / f"out-{src.stem}"
+        rc = main(["partition", "create", "--train", str(src), "--num-parts", "1", "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "user_id" in err, err
+        assert not out.exists()
+
+
+def test_overwrite_refuses_a_directory_we_did_not_write(gen1m, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's file")
+    rc = main(["partition", "create", "--train", str(gen1m / "train"), "--num-parts", "2", "--out", str(out),
+               "--overwrite", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--overwrite refused" in err and len(err.splitlines()) == 1, err
+    assert (out / "notes.txt").read_text() == "the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "scratch or temp left behind"
