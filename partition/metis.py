@@ -28,6 +28,8 @@ METIS_OK = 1
 METIS_NOPTIONS = 40
 OPTION_SEED = 9         # METIS_OPTION_SEED in moptions_et
 OPTION_NUMBERING = 19
+OPTION_NCUTS = 8
+OPTION_NITER = 7
 OPTION_UFACTOR = 18
 # Weights are scaled so that every per-constraint total stays below this: METIS sums weights in
 # idx_t (32-bit) internally, and a billion interactions would overflow it.
@@ -79,7 +81,7 @@ def scale_weights(w: np.ndarray) -> np.ndarray:
 
 def part_graph_kway(indptr: np.ndarray, indices: np.ndarray, num_parts: int,
                     vwgt: np.ndarray | None = None, adjwgt: np.ndarray | None = None,
-                    imbalance: float = 1.03, seed: int = 0) -> tuple[np.ndarray, int]:
+                    imbalance: float = 1.03, seed: int = 0, ncuts: int = 1) -> tuple[np.ndarray, int]:
     """METIS_PartGraphKway on a symmetric CSR graph (no self loops); returns (part, edgecut).
 
     ``vwgt`` is [n] or [n, ncon]; every constraint gets the same ``imbalance`` tolerance. Weight
@@ -116,6 +118,7 @@ def part_graph_kway(indptr: np.ndarray, indices: np.ndarray, num_parts: int,
     lib.METIS_SetDefaultOptions(options.ctypes.data)
     options[OPTION_SEED] = seed
     options[OPTION_NUMBERING] = 0
+    options[OPTION_NCUTS] = ncuts   # best of several METIS runs: cheap on a coarse graph
     nvtxs = np.array([n], dtype=IDX)
     ncon_a = np.array([max(ncon, 1)], dtype=IDX)
     nparts = np.array([num_parts], dtype=IDX)
