@@ -287,7 +287,7 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
 
     graph = Graph(scratch, num_users, num_items, kept, has_ts, user_map, item_map, rows, duplicates,
                   inp.files)
-    _transpose(graph, user_indptr, item_indptr, opts.memory_budget, hide)
+    _transpose(graph, user_indptr, item_indptr, 4 * opts.memory_budget, hide)
 
     carved = None
     if opts.valid_fraction > 0:
@@ -300,12 +300,15 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
     return graph, carved
 
 
+def _npy_header(f, dtype, length: int) -> None:
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": (length,)})
+
+
 def _raw_to_npy(raw: Path, npy: Path, dtype, length: int) -> None:
     """Prefix a raw binary file with a ``.npy`` header (rewrites the file once, streamed)."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": (length,)}
     with open(npy, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, header)
+        _npy_header(out, dtype, length)
         with open(raw, "rb") as f:
             while chunk := f.read(1 << 26):
                 out.write(chunk)
@@ -313,23 +316,48 @@ def _raw_to_npy(raw: Path, npy: Path, dtype, length: int) -> None:
 
 
 def _transpose(graph: Graph, user_indptr: np.ndarray, item_indptr: np.ndarray, budget: int, hide) -> None:
-    """Item-side CSR by counting sort: stream user rows in order, scatter into ``item_indices``."""
+    """Item-side CSR by counting sort, one item range at a time.
+
+    Each pass streams the user-side CSR and scatters only the entries whose item falls in the
+    pass's range into a private buffer, which is then appended to ``item_indices.npy`` in one
+    sequential write. Scattering straight into a memory-mapped file instead made the kernel write
+    dirty pages back over and over (175 GB written for a 4 GB file at 1B interactions).
+    """
     scratch = graph.scratch
-    out = scratch.create_mmap("item_indices.npy", np.int32, graph.num_edges)
-    out_ts = scratch.create_mmap("item_ts.npy", np.int64, graph.num_edges) if graph.has_ts else np.zeros(0, np.int64)
+    E = graph.num_edges
+    per_entry = 4 + (8 if graph.has_ts else 0)
+    span = max(1 << 16, budget // per_entry)           # entries per pass
+    bounds = [0]
+    while bounds[-1] < graph.num_items:
+        target = int(item_indptr[bounds[-1]]) + span
+        nxt = int(np.searchsorted(item_indptr, target, side="right")) - 1
+        bounds.append(min(graph.num_items, max(nxt, bounds[-1] + 1)))
     cursor = item_indptr[:-1].copy()
     chunk = max(1 << 16, budget // 16)
-    with tqdm(total=graph.num_edges, desc="ingest 4/4 transpose", unit="edges", unit_scale=True,
-              disable=hide, file=sys.stderr) as bar:
-        for r0, ptr, ind, ts in graph.iter_rows("user", chunk, with_ts=True, indptr=user_indptr):
-            kernels.scatter_transpose(r0, ptr, ind, ts if ts is not None else np.zeros(0, np.int64),
-                                      graph.has_ts, cursor, out, out_ts)
-            bar.update(len(ind))
-    out.flush()
-    del out
-    if graph.has_ts:
-        out_ts.flush()
-    del out_ts
+    ind_raw = scratch.path("item_indices.npy")
+    ts_raw = scratch.path("item_ts.npy")
+    empty_ts = np.zeros(0, dtype=np.int64)
+    with open(ind_raw, "wb") as f_ind, (open(ts_raw, "wb") if graph.has_ts else open(os.devnull, "wb")) as f_ts, \
+            tqdm(total=E * (len(bounds) - 1), desc="ingest 4/4 transpose", unit="edges", unit_scale=True,
+                 disable=hide, file=sys.stderr) as bar:
+        # the length is known: write the .npy headers first, then the passes' buffers in order
+        _npy_header(f_ind, np.int32, E)
+        if graph.has_ts:
+            _npy_header(f_ts, np.int64, E)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            base = int(item_indptr[lo])
+            n = int(item_indptr[hi]) - base
+            out = np.empty(n, dtype=np.int32)
+            out_ts = np.empty(n if graph.has_ts else 0, dtype=np.int64)
+            for r0, ptr, ind, ts in graph.iter_rows("user", chunk, with_ts=True, indptr=user_indptr):
+                kernels.scatter_transpose_range(r0, ptr, ind, ts if ts is not None else empty_ts, graph.has_ts,
+                                                lo, hi, cursor, base, out, out_ts)
+                bar.update(len(ind))
+            charge_write(out.nbytes + out_ts.nbytes, str(ind_raw))
+            f_ind.write(out.tobytes())
+            if graph.has_ts:
+                f_ts.write(out_ts.tobytes())
+            del out, out_ts
 
 
 def map_heldout(spec: ingest.InputSpec, graph: Graph) -> HeldOutSplit:

@@ -374,3 +374,22 @@ def contract_csr(indptr, indices, ew, labels, num_clusters, members, member_ptr,
             rating[d] = 0
         out_indptr[c + 1] = pos
     return pos
+
+
+@njit(cache=True)
+def scatter_transpose_range(row_start, indptr, indices, ts, has_ts, lo, hi, cursor, base, out_indices,
+                            out_ts):
+    """``scatter_transpose`` restricted to columns ``lo <= i < hi``, into a private buffer whose
+    first slot is entry ``base`` of the transposed CSR (one pass of a range-by-range transpose)."""
+    b0 = indptr[0]
+    for r in range(indptr.size - 1):
+        u = row_start + r
+        for e in range(indptr[r] - b0, indptr[r + 1] - b0):
+            i = indices[e]
+            if i < lo or i >= hi:
+                continue
+            pos = cursor[i] - base
+            out_indices[pos] = u
+            if has_ts:
+                out_ts[pos] = ts[e]
+            cursor[i] += 1

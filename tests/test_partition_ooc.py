@@ -259,3 +259,33 @@ def test_overwrite_refuses_a_directory_we_did_not_write(gen1m, tmp_path, capsys)
     assert rc == 2 and "--overwrite refused" in err and len(err.splitlines()) == 1, err
     assert (out / "notes.txt").read_text() == "the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "scratch or temp left behind"
+
+
+def test_graph_build_in_many_buckets_and_transpose_passes(tmp_path):
+    """A tiny memory budget: many ingest buckets, many transpose passes; same CSR as numpy's."""
+    from partition.graph import IngestOptions, build_graph
+    from partition.ingest import InputSpec
+    from partition.scratch import Scratch
+
+    rng = np.random.default_rng(4)
+    u = rng.integers(0, 3000, 200_000)
+    i = rng.integers(0, 2000, 200_000)
+    ts = rng.integers(0, 10**9, 200_000)
+    src = write_parquet(tmp_path / "t.parquet", user_id=u, item_id=i, ts=ts)
+    scratch = Scratch(tmp_path / "scratch", "fp", resume=False)
+    graph, _ = build_graph(IngestOptions(InputSpec(str(src), ts_col="ts"), memory_budget=1 << 16,
+                                         progress=False), scratch)
+    key = np.unique(u * 2000 + i)
+    uu, ii = key // 2000, key % 2000
+    assert graph.num_edges == len(key)
+    assert np.array_equal(scratch.load("user_indices.npy"), ii)
+    order = np.lexsort((uu, ii))
+    assert np.array_equal(scratch.load("item_indices.npy"), uu[order])
+    assert np.array_equal(np.diff(scratch.load("item_indptr.npy")), np.bincount(ii, minlength=2000))
+    # earliest ts per pair, carried to both sides
+    first = {}
+    for a, b, t in zip(u, i, ts):
+        first[(a, b)] = min(first.get((a, b), t), t)
+    want_ts = np.array([first[(a, b)] for a, b in zip(uu, ii)])
+    assert np.array_equal(scratch.load("user_ts.npy"), want_ts)
+    assert np.array_equal(scratch.load("item_ts.npy"), want_ts[order])
