@@ -243,10 +243,10 @@ def _contract_fine(graph: Graph, labels: np.ndarray, num_clusters: int, opts: As
         src = keys // num_clusters
         rows_deg += np.bincount(src, minlength=num_clusters)
         ind_parts.append((keys % num_clusters).astype(np.int32))
-        w_parts.append(ws.astype(np.int64))
+        w_parts.append(np.minimum(ws, np.iinfo(np.int32).max).astype(np.int32))
     np.cumsum(rows_deg, out=indptr[1:])
     indices = np.concatenate(ind_parts) if ind_parts else np.zeros(0, np.int32)
-    weights = np.concatenate(w_parts) if w_parts else np.zeros(0, np.int64)
+    weights = np.concatenate(w_parts) if w_parts else np.zeros(0, np.int32)   # 8 bytes per entry with indices
     return indptr, indices, weights, min_weight
 
 

@@ -356,7 +356,7 @@ def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[s
                 print(f"assign: {path} into {opts.num_parts} parts ({num_nodes:,} nodes, "
                       f"{graph.num_edges:,} interactions; {why})", file=sys.stderr, flush=True)
             aopts = assign.AssignOptions(opts.num_parts, seed=opts.seed, chunk_entries=chunk_entries,
-                                         coarse_budget_entries=max(1 << 20, limit // 48),
+                                         coarse_budget_entries=max(1 << 20, limit // 20),
                                          progress=opts.progress)
             fn = {"random": assign.assign_random, "in-memory": assign.assign_metis_in_memory,
                   "multilevel": assign.assign_multilevel}[path]
