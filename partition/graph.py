@@ -247,11 +247,18 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
             u, i, t = buckets.take(b)
             if len(u) == 0:
                 continue
-            u, i, t = _dedup_sorted(u, i, t, num_items)
+            u0 = b * users_per_bucket
+            nb = min(users_per_bucket, num_users - u0)
+            local_ptr = np.zeros(nb + 1, dtype=np.int64)
+            i_out = np.empty(len(u), dtype=np.int64)
+            t_out = np.empty(len(u) if t is not None else 0, dtype=np.int64)
+            m = kernels.dedup_rows(u - np.int32(u0), i, t if t is not None else np.zeros(0, np.int64),
+                                   t is not None, nb, local_ptr, i_out, t_out)
+            del u
+            i = i_out[:m]
+            t = t_out[:m] if t is not None else None
+            u = np.repeat(np.arange(u0, u0 + nb, dtype=np.int64), np.diff(local_ptr))
             if opts.valid_fraction > 0:
-                u0 = b * users_per_bucket
-                local_ptr = np.zeros(min(users_per_bucket, num_users - u0) + 1, dtype=np.int64)
-                np.cumsum(np.bincount(u - u0, minlength=len(local_ptr) - 1), out=local_ptr[1:])
                 mask = np.zeros(len(u), dtype=np.bool_)
                 kernels.choose_holdout(u0, local_ptr, i, t if t is not None else np.zeros(0, np.int64),
                                        opts.valid_by == "latest", float(opts.valid_fraction),
@@ -260,8 +267,6 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
                                     t[mask] if t is not None else None))
                 keep = ~mask
                 u, i, t = u[keep], i[keep], (t[keep] if t is not None else None)
-            u0 = b * users_per_bucket
-            nb = min(users_per_bucket, num_users - u0)
             user_deg[u0:u0 + nb] += np.bincount(u - u0, minlength=nb)
             item_deg += np.bincount(i, minlength=num_items)
             charge_write(4 * len(i) + (8 * len(i) if has_ts else 0), str(ind_path))

@@ -393,3 +393,57 @@ def scatter_transpose_range(row_start, indptr, indices, ts, has_ts, lo, hi, curs
             if has_ts:
                 out_ts[pos] = ts[e]
             cursor[i] += 1
+
+
+@njit(cache=True)
+def dedup_rows(user_local, items, ts, has_ts, num_rows, out_ptr, out_items, out_ts):
+    """Group (user, item[, ts]) rows by user (counting sort), sort each user's items and keep each
+    (user, item) once, with its earliest ts. O(n) plus one small sort per user, instead of a global
+    sort of n keys. ``out_ptr`` gets the per-user CSR offsets; returns the number of rows kept."""
+    n = user_local.size
+    cnt = np.zeros(num_rows + 1, dtype=np.int64)
+    for k in range(n):
+        cnt[user_local[k] + 1] += 1
+    for r in range(num_rows):
+        cnt[r + 1] += cnt[r]
+    pos = cnt[:-1].copy()
+    tmp_i = np.empty(n, dtype=np.int64)
+    tmp_t = np.empty(n if has_ts else 0, dtype=np.int64)
+    for k in range(n):
+        r = user_local[k]
+        tmp_i[pos[r]] = items[k]
+        if has_ts:
+            tmp_t[pos[r]] = ts[k]
+        pos[r] += 1
+    m = 0
+    out_ptr[0] = 0
+    for r in range(num_rows):
+        a = cnt[r]
+        b = cnt[r + 1]
+        if b > a:
+            if has_ts:
+                order = np.argsort(tmp_i[a:b], kind="mergesort")
+                seg_i = tmp_i[a:b][order]
+                seg_t = tmp_t[a:b][order]
+                k = 0
+                while k < seg_i.size:
+                    best = seg_t[k]
+                    j = k + 1
+                    while j < seg_i.size and seg_i[j] == seg_i[k]:
+                        if seg_t[j] < best:
+                            best = seg_t[j]
+                        j += 1
+                    out_items[m] = seg_i[k]
+                    out_ts[m] = best
+                    m += 1
+                    k = j
+            else:
+                seg = np.sort(tmp_i[a:b])
+                out_items[m] = seg[0]
+                m += 1
+                for k in range(1, seg.size):
+                    if seg[k] != seg[k - 1]:
+                        out_items[m] = seg[k]
+                        m += 1
+        out_ptr[r + 1] = m
+    return m
