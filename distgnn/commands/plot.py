@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for run_dir, xs, ys, _split in curves:
-        ax.plot(xs, ys, marker="o", markersize=3, label=run_dir.name or str(run_dir))
+        ax.plot(xs, ys, marker="o", markersize=3, label=str(run_dir))
     splits = sorted({c[3] for c in curves})
     ax.set_xlabel("wall-clock minutes of training" if args.x == "minutes" else "epoch")
     ax.set_ylabel(f"{args.metric} ({'/'.join(splits)})")
