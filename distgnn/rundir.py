@@ -15,7 +15,6 @@ from pathlib import Path
 
 from distgnn import __version__
 from distgnn import atomic
-from distgnn import checkpoint as ckpt
 from distgnn.errors import UserError
 from distgnn.metrics import LEGACY_FILE, METRICS_DIR, read_metrics
 
@@ -54,6 +53,7 @@ def write_marker(run_dir: Path, backend: str) -> None:
 
 def holds_run(run_dir: Path) -> bool:
     """True if ``run_dir`` already holds a run (marker, committed checkpoint or metrics)."""
+    from distgnn import checkpoint as ckpt  # torch: not before the CLI has set the thread count
     return ((run_dir / RUN_MARKER).exists() or bool(ckpt.committed(run_dir))
             or bool(read_metrics(run_dir).files))
 
@@ -73,4 +73,4 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> bool:
 
 def sweep(out: Path) -> list[Path]:
     """Our stale temporaries beside the run directory and inside it and its checkpoints."""
-    return atomic.sweep_many([out.parent, out, ckpt.ckpt_root(out)])
+    return atomic.sweep_many([out.parent, out, out / "checkpoints"])

@@ -122,6 +122,15 @@ def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
                       for p in parts]), fraction
 
 
+def check_eval_split(cfg: Config, manifest: dict, root) -> None:
+    """Validation needs its held-out split; checked before training (and before ``--overwrite``
+    removes an old run)."""
+    if cfg.train.eval_every and cfg.eval.split not in manifest.get("heldout", {}):
+        raise UserError(f"{root} has no '{cfg.eval.split}' held-out split for validation; "
+                        f"partition with --{cfg.eval.split}, or set eval.split=test, "
+                        f"or train.eval_every=0")
+
+
 class Runtime:
     """Where the training loop meets its peers; the local backend's version: one process, no peers.
 
@@ -335,10 +344,7 @@ class Trainer:
         restored = rt.prepare(self, resume)
         for message in self.warnings:
             self._log({"type": "warning", "message": message})
-        if cfg.train.eval_every and cfg.eval.split not in self.p.graph.manifest.get("heldout", {}):
-            raise UserError(f"{self.p.graph.root} has no '{cfg.eval.split}' held-out split for validation; "
-                            f"partition with --{cfg.eval.split}, or set eval.split=test, "
-                            f"or train.eval_every=0")
+        check_eval_split(cfg, self.p.graph.manifest, self.p.graph.root)
         max_steps = cfg.train.max_steps
         wall0 = time.perf_counter()
         last_ckpt_step = self.global_step if restored else -1

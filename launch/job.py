@@ -50,11 +50,13 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.ps import RayEmbeddingStore
     from distgnn.ray_runtime.worker import steps_per_epoch, train_loop_per_worker
+    from distgnn.trainer import check_eval_split
     from partition.verify import verify_or_raise
 
     # Ray workers do not share the driver's working directory: hand them an absolute path.
     cfg.data.partitions = str(Path(cfg.data.partitions).resolve())
     manifest = verify_or_raise(cfg.data.partitions)
+    check_eval_split(cfg, manifest, cfg.data.partitions)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
     if not 1 <= num_workers <= book.num_parts:

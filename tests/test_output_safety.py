@@ -81,13 +81,15 @@ def test_train_refuses_a_run_holding_a_foreign_file(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
-def test_validation_runs_before_deletion(trained, tmp_path, capsys, backend):
+@pytest.mark.parametrize("bad, needle", [(["--partitions", "no-such-parts"], "no-such-parts"),
+                                         (["--set", "eval.split=valid"], "no 'valid' held-out split")])
+def test_validation_runs_before_deletion(trained, tmp_path, capsys, backend, bad, needle):
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
     before = sorted(p.name for p in run.rglob("*"))
     assert main(["train", "--config", str(trained["cfg"]), "--backend", backend, "--out", str(run),
-                 "--overwrite", "--partitions", str(tmp_path / "no-such-parts")]) == 2
-    assert "no-such-parts" in _err_line(capsys)
+                 "--overwrite", *bad]) == 2
+    assert needle in _err_line(capsys)
     assert sorted(p.name for p in run.rglob("*")) == before
 
 
@@ -213,3 +215,17 @@ def test_plot_bad_input_is_one_line(trained, tmp_path, capsys):
     assert main(["plot", "--runs", str(trained["run"]), "--out", str(foreign), "--overwrite"]) == 2
     assert "not written by" in _err_line(capsys) and foreign.read_bytes() == PNG_MAGIC + b"not ours"
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["photo.png", "r"]
+
+
+def test_plot_curve_continues_across_a_resume(tmp_path):
+    """A resumed invocation restarts wall_seconds at 0: minutes keep counting; a redone epoch
+    keeps its later record."""
+    from distgnn.commands.plot import curve
+    from distgnn.metrics import append
+
+    for epoch, wall, value in [(1, 60, 0.1), (2, 120, 0.2), (2, 50, 0.25), (3, 110, 0.3)]:
+        append(tmp_path, 0, {"type": "valid", "split": "valid", "epoch": epoch, "wall_seconds": wall,
+                             "recall@20": value})
+    xs, ys, split = curve(tmp_path, "recall@20", "minutes")
+    assert xs == [1.0, 170 / 60, 230 / 60] and ys == [0.1, 0.25, 0.3] and split == "valid"
+    assert curve(tmp_path, "recall@20", "epoch")[0] == [1.0, 2.0, 3.0]

@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--num-workers, --address and --gpus-per-worker need --backend ray")
     from distgnn.commands import set_threads
     set_threads(cfg.train.threads)
-    from distgnn.trainer import Trainer
+    from distgnn.trainer import Trainer, check_eval_split
 
     trainer = Trainer(cfg, out, backend=args.backend)  # reads and checks the partitions first
+    check_eval_split(cfg, trainer.p.graph.manifest, trainer.p.graph.root)
     trainer.warnings += ray_only_warnings(cfg, args.max_failures)
     for message in trainer.warnings:
         print(f"distgnn train: warning: {message}", file=sys.stderr)
