@@ -21,8 +21,6 @@ backends run this one loop: the same learning-rate schedule, validation, early s
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -457,4 +455,3 @@ def _seed(seed: int, epoch: int, step: int) -> int:
     dgl.seed(s)
     torch.manual_seed(s)
     return s
-

@@ -9,7 +9,7 @@ from pathlib import Path
 from distgnn.errors import UserError
 
 DEFAULT_MAX_FAILURES = 2
-# Config fields only the Ray backend reads, with the reason the local backend ignores them.
+# Config fields only the Ray backend reads: the local backend warns when they are set.
 RAY_ONLY_FIELDS = ("embedding.shared_memory", "embedding.async_pushes", "train.local_negatives",
                    "train.fault")
 
