@@ -30,3 +30,30 @@ def test_old_single_file_runs_still_read(tmp_path):
     read = metrics.read_metrics(tmp_path)
     assert [r["step"] for r in read.records] == [1, 2] and read.torn_lines == 0
     assert metrics.read_metrics(tmp_path / "none").records == []
+
+
+def test_run_ownership(tmp_path):
+    """A run is ours by run.json, or (older runs) config.yaml beside metrics.jsonl; never by a
+    lone config.yaml, and never with a foreign entry."""
+    import pytest
+
+    from distgnn import rundir
+    from distgnn.errors import UserError
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(UserError, match="did not write"):
+        rundir.check_out(legacy, True, False)
+    (legacy / "metrics.jsonl").write_text("")
+    (legacy / "checkpoints").mkdir()
+    assert rundir.check_out(legacy, True, False) is True
+    with pytest.raises(UserError, match="--resume"):
+        rundir.check_out(legacy, False, False)
+    assert rundir.check_out(legacy, False, True) is False  # --resume deletes nothing
+    new = tmp_path / "new"
+    rundir.write_marker(new, "local")
+    assert rundir.holds_run(new) and rundir.check_out(new, True, False) is True
+    (new / "plot.png").write_text("x")
+    with pytest.raises(UserError, match="plot.png"):
+        rundir.check_out(new, True, False)
