@@ -229,3 +229,25 @@ def test_plot_curve_continues_across_a_resume(tmp_path):
     xs, ys, split = curve(tmp_path, "recall@20", "minutes")
     assert xs == [1.0, 170 / 60, 230 / 60] and ys == [0.1, 0.25, 0.3] and split == "valid"
     assert curve(tmp_path, "recall@20", "epoch")[0] == [1.0, 2.0, 3.0]
+
+
+def test_driver_progress_survives_a_torn_line(tmp_path, capsys):
+    """The Ray driver's progress printer reads through read_metrics: a torn line from one rank is
+    skipped, the job is not ended by it, and the chief's records are still shown."""
+    import time
+
+    from distgnn.metrics import append, rank_path
+    from launch.job import _fit_with_watchdog
+
+    class Fit:  # stands in for Ray Train's TorchTrainer: the workers' side of the metrics files
+        def fit(self):
+            time.sleep(1.5)
+            rank_path(tmp_path, 1).parent.mkdir(parents=True, exist_ok=True)
+            rank_path(tmp_path, 1).write_text('{"type": "train", "ra\ngarbage\n')
+            append(tmp_path, 0, {"type": "valid", "split": "valid", "epoch": 1, "recall@20": 0.125})
+            append(tmp_path, 0, {"type": "checkpoint", "epoch": 1, "step": 4, "loss": 0.5})
+            time.sleep(2.5)
+            return "done"
+
+    assert _fit_with_watchdog(Fit(), tmp_path, epochs=1, stall_timeout_s=60) == "done"
+    assert "epoch 1: valid recall@20 0.1250" in capsys.readouterr().err
