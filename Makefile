@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/distgnn train --config configs/demo.yaml --partitions $(DEMO_DIR)/parts \
 		--backend ray --num-workers 2 --out $(DEMO_DIR)/run --overwrite
 	$(BIN)/distgnn evaluate --run $(DEMO_DIR)/run
-	$(BIN)/distgnn recommend --run $(DEMO_DIR)/run --k 20 --out $(DEMO_DIR)/recs.parquet
+	$(BIN)/distgnn recommend --run $(DEMO_DIR)/run --k 20 --out $(DEMO_DIR)/recs.parquet --overwrite
 
 # The same training in one process (no Ray).
 demo-local: $(STAMP)

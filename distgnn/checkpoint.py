@@ -10,19 +10,22 @@ RUN/checkpoints/step-000001234/
     COMMITTED             written last: a directory without it is ignored
 RUN/checkpoints/best.json {"checkpoint": "step-...", "metric", "value"} (atomic replace)
 ```
-The directory is built under a hidden temporary name, the marker is written inside it, and it is
-renamed into place; older checkpoints beyond ``keep`` are pruned (the best one is kept).
+The directory is built under a hidden temporary name (``distgnn.atomic.AtomicDir``), the marker is
+written inside it, every file is fsynced, and it is renamed into place; older checkpoints beyond
+``keep`` are pruned (the best one is kept). An unreadable ``best.json`` makes evaluate/recommend
+fall back to the latest checkpoint with a warning, never silently.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from distgnn import atomic
 from distgnn.errors import UserError
 
 FORMAT = "distgnn-checkpoint"
@@ -47,22 +50,29 @@ def latest(run_dir: str | Path) -> Path | None:
     return c[-1] if c else None
 
 
-def best(run_dir: str | Path) -> Path | None:
+def best(run_dir: str | Path, warn: bool = False) -> Path | None:
+    """The checkpoint ``best.json`` names, if it is committed; None without one. With ``warn``, a
+    ``best.json`` that cannot be read, or names a missing checkpoint, is reported on stderr."""
     f = ckpt_root(run_dir) / "best.json"
-    if f.is_file():
-        try:
-            name = json.loads(f.read_text())["checkpoint"]
-        except (ValueError, KeyError):
-            return None
-        p = ckpt_root(run_dir) / name
+    if not f.is_file():
+        return None
+    problem = None
+    try:
+        name = json.loads(f.read_text())["checkpoint"]
+        p = ckpt_root(run_dir) / str(name)
         if (p / MARKER).is_file():
             return p
+        problem = f"names {name!r}, which is not a committed checkpoint"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"is unreadable ({type(exc).__name__})"
+    if warn:
+        print(f"distgnn: warning: {f} {problem}; using the latest checkpoint instead", file=sys.stderr)
     return None
 
 
 def for_inference(run_dir: str | Path) -> Path:
     """The checkpoint evaluate/recommend use: the best one if validation ran, else the latest."""
-    p = best(run_dir) or latest(run_dir)
+    p = best(run_dir, warn=True) or latest(run_dir)
     if p is None:
         raise UserError(f"{run_dir} has no committed checkpoint; train first with "
                         f"'distgnn train --config CFG --out {run_dir}'")
@@ -75,26 +85,19 @@ def write(run_dir: str | Path, global_step: int, meta: dict[str, Any], dense: di
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{global_step:09d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(dense, tmp / "dense.pt")
-    save_embeddings(tmp / "embeddings")
-    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2))
-    (tmp / MARKER).write_text(name + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic.AtomicDir(final, overwrite=True) as tmp:  # fsynced, then renamed into place
+        torch.save(dense, tmp / "dense.pt")
+        save_embeddings(tmp / "embeddings")
+        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2))
+        atomic.fsync_tree(tmp)  # the data is durable before the marker that vouches for it
+        (tmp / MARKER).write_text(name + "\n")
     prune(run_dir, keep)
     return final
 
 
 def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float) -> None:
-    f = ckpt_root(run_dir) / "best.json"
-    tmp = f.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"checkpoint": ckpt.name, "metric": metric, "value": value}))
-    os.replace(tmp, f)
+    atomic.write_json(ckpt_root(run_dir) / "best.json",
+                      {"checkpoint": ckpt.name, "metric": metric, "value": value}, indent=None)
 
 
 def prune(run_dir: str | Path, keep: int) -> None:

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "distgnn.commands.train",
     "distgnn.commands.evaluate",
     "distgnn.commands.recommend",
+    "distgnn.commands.plot",
     "distgnn.bench",
 ]
 
@@ -34,7 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="distgnn",
         description="Train GAT recommenders on partitioned user-item interaction graphs.\n\n"
                     "Typical flow: 'distgnn gen' (or your own Parquet logs) -> 'distgnn partition create'"
-                    " -> 'distgnn train' -> 'distgnn evaluate' -> 'distgnn recommend'.",
+                    " -> 'distgnn train' -> 'distgnn evaluate' -> 'distgnn recommend'"
+                    " ('distgnn plot' draws runs' validation curves).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"distgnn {__version__}")

@@ -116,7 +116,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     threads: int = Field(2, gt=0)
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
-    log_every: int = Field(50, gt=0, description="steps between metrics.jsonl records")
+    log_every: int = Field(50, gt=0, description="steps between train records in the metrics files")
     eval_every: int = Field(1, ge=0, description="epochs between validation runs (0 = never)")
     patience: int = Field(3, ge=0, description="validations without Recall@K improvement before "
                                                "stopping (0 = no early stopping)")

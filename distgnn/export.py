@@ -1,7 +1,10 @@
 """Export: top-K recommendations and embeddings as Parquet, keyed by orig ids.
 
-Files are written to a temporary sibling and renamed into place, so a reader never sees a
-half-written file. Column names follow the input's (``user_col``/``item_col`` from the manifest).
+Files are written to a temporary sibling, fsynced and renamed into place (``distgnn.atomic``), so
+a reader never sees a half-written file. Column names follow the input's (``user_col``/``item_col``
+from the manifest). Each file carries ``OUTPUT_KEY`` in its Parquet schema metadata
+(``{"writer": "distgnn recommend", "kind", "version"}``): the marker by which ``recommend
+--overwrite`` recognises files it may replace (``is_ours``).
 
 - recommendations: ``<user_col>, rank (1-based int32), <item_col>, score (float32)``, sorted by
   user then rank; items in the user's training set are excluded.
@@ -10,7 +13,7 @@ half-written file. Column names follow the input's (``user_col``/``item_col`` fr
 """
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +21,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from distgnn import __version__, atomic
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+OUTPUT_KEY = b"distgnn.output"
+WRITER = "distgnn recommend"
+
+
+def output_paths(out: Path) -> list[Path]:
+    """The recommendations file and the two embedding files beside it."""
+    stem = out.name[:-len(".parquet")] if out.name.endswith(".parquet") else out.name
+    return [out, out.with_name(f"{stem}.user_embeddings.parquet"),
+            out.with_name(f"{stem}.item_embeddings.parquet")]
+
+
+def is_ours(path: Path) -> bool:
+    """True if ``path`` is a Parquet file ``distgnn recommend`` wrote (its schema metadata says so)."""
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta.get(OUTPUT_KEY, b"{}")).get("writer") == WRITER
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+
+
+def write_output(table: pa.Table, path: Path, kind: str) -> None:
+    """Write ``table`` atomically, tagged as ``distgnn recommend``'s output."""
+    tag = json.dumps({"writer": WRITER, "kind": kind, "version": __version__}).encode()
+    atomic.write_table(path, table.replace_schema_metadata({**(table.schema.metadata or {}), OUTPUT_KEY: tag}))
 
 
 def _orig(id_map: tuple[np.ndarray, pa.Array], gids: np.ndarray) -> pa.Array:
@@ -71,10 +91,8 @@ def recommend(run_dir, cfg, k: int, out: Path) -> list[Path]:
     item_orig_all = _orig(parts.id_maps["item"], ids.item_gids.numpy())
     table = recommendations_table(user_orig, item_orig_all.take(pa.array(top.reshape(-1).numpy())),
                                   scores.numpy(), k_eff, user_col, item_col)
-    stem = out.name[:-len(".parquet")] if out.name.endswith(".parquet") else out.name
-    user_path = out.with_name(f"{stem}.user_embeddings.parquet")
-    item_path = out.with_name(f"{stem}.item_embeddings.parquet")
-    atomic_write_table(embeddings_table(user_orig, user_emb.numpy(), user_col), user_path)
-    atomic_write_table(embeddings_table(item_orig_all, item_emb.numpy(), item_col), item_path)
-    atomic_write_table(table, out)
+    out, user_path, item_path = output_paths(out)
+    write_output(embeddings_table(user_orig, user_emb.numpy(), user_col), user_path, "user_embeddings")
+    write_output(embeddings_table(item_orig_all, item_emb.numpy(), item_col), item_path, "item_embeddings")
+    write_output(table, out, "recommendations")
     return [out, user_path, item_path]

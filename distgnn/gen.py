@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from distgnn import atomic
 from distgnn.errors import UserError
 
 BLOCK_USERS = 1024                 # users per RNG stream; the unit of determinism
@@ -445,30 +446,11 @@ class _PartWriter:
         self.writer.close()
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is an existing file; choose a directory path")
-    if out.is_dir():
-        entries = sorted(p.name for p in out.iterdir())
-        if entries and not overwrite:
-            raise UserError(f"--out {out} is not empty; pass --overwrite to replace it, or choose "
-                            f"another --out")
-        foreign = [e for e in entries if e not in OWN_ENTRIES]
-        if foreign:
-            raise UserError(f"--out {out} holds files 'distgnn gen' did not write (e.g. "
-                            f"{foreign[0]!r}), so --overwrite will not delete it; choose another "
-                            f"--out")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename tmp to out, replacing an (already checked) existing out."""
-    if out.is_dir():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+def _check_out(out: Path, overwrite: bool) -> bool:
+    """May gen write ``out``? True if an earlier gen output is to be replaced (see
+    ``distgnn.atomic.check_replaceable``: gen.json present and nothing but gen's own entries)."""
+    return atomic.check_replaceable(out, atomic.json_marker(GEN_JSON, generator="distgnn gen"), overwrite,
+                                    what="'distgnn gen'", own_entry=OWN_ENTRIES.__contains__)
 
 
 def generate(out_dir: str | os.PathLike, interactions: int, users: int | None = None,
@@ -493,7 +475,8 @@ def generate(out_dir: str | os.PathLike, interactions: int, users: int | None = 
         raise UserError(f"--chunk-users must be at least 1, got {k}; e.g. 100000")
     blocks_per_chunk = -(-k // BLOCK_USERS)
     out = Path(out_dir).expanduser().absolute()
-    _check_out(out, overwrite)
+    replace = _check_out(out, overwrite)
+    atomic.sweep_stale(out.parent)
 
     import numpy as np
     from tqdm import tqdm
@@ -508,7 +491,6 @@ def generate(out_dir: str | os.PathLike, interactions: int, users: int | None = 
         offsets[b + 1] = acc
     total_weight = acc
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     created = out.parent                          # topmost directory this run will create
     while not created.parent.exists():
         created = created.parent
@@ -516,52 +498,51 @@ def generate(out_dir: str | os.PathLike, interactions: int, users: int | None = 
     stats = dict(train=0, test=0, active_users=0, test_users=0, in_community=0)
     n_chunks = -(-plan.num_blocks // blocks_per_chunk)
     try:
-        try:
-            (tmp / "train").mkdir(parents=True)
+        # fsynced and renamed into place at the end; an earlier output removed only after
+        with atomic.AtomicDir(out, overwrite=replace) as tmp:
+            (tmp / "train").mkdir()
             (tmp / "test").mkdir()
-        except OSError as exc:
-            raise UserError(f"cannot create {tmp}: {exc.strerror}; choose a writable --out") from None
-        bar = tqdm(total=plan.interactions, unit="int", unit_scale=True, desc="distgnn gen",
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        with bar:
-            for chunk in range(n_chunks):
-                name = f"part-{chunk:05d}.parquet"
-                train_w = _PartWriter(tmp / "train" / name, plan.timestamps)
-                test_w = _PartWriter(tmp / "test" / name, plan.timestamps)
-                b_end = min(plan.num_blocks, (chunk + 1) * blocks_per_chunk)
-                for b in range(chunk * blocks_per_chunk, b_end):
-                    uid, iid, ts, is_test, in_comm = _gen_block(plan, b, offsets[b], total_weight)
-                    tr = ~is_test
-                    cols = [uid, iid] + ([ts] if ts is not None else [])
-                    train_w.add([c[tr] for c in cols])
-                    test_w.add([c[is_test] for c in cols])
-                    stats["train"] += int(tr.sum())
-                    stats["test"] += int(is_test.sum())
-                    stats["in_community"] += int(in_comm[tr].sum())
-                    stats["active_users"] += int(len(np.unique(uid))) if len(uid) else 0
-                    stats["test_users"] += int(len(np.unique(uid[is_test]))) if is_test.any() else 0
-                    bar.update(len(uid))
-                train_w.close()
-                test_w.close()
-        total = stats["train"] + stats["test"]
-        counts = {
-            "interactions": total, "train": stats["train"], "test": stats["test"],
-            "users": plan.users, "items": plan.items, "communities": plan.communities,
-            "active_users": stats["active_users"], "test_users": stats["test_users"],
-            "in_community_fraction": round(stats["in_community"] / stats["train"], 6)
-            if stats["train"] else 0.0,
-            "train_files": n_chunks, "test_files": n_chunks,
-        }
-        params = {k2: v for k2, v in asdict(plan).items()}
-        params["chunk_users"] = k
-        meta = {"generator": "distgnn gen", "requested_interactions": plan.interactions,
-                "params": params, "counts": counts,
-                "layout": {"train": "train/part-*.parquet", "test": "test/part-*.parquet",
-                           "columns": ["user_id", "item_id"] + (["ts"] if plan.timestamps else [])}}
-        (tmp / GEN_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _install(tmp, out)
+            bar = tqdm(total=plan.interactions, unit="int", unit_scale=True, desc="distgnn gen",
+                       file=sys.stderr, disable=not progress, dynamic_ncols=True)
+            with bar:
+                for chunk in range(n_chunks):
+                    name = f"part-{chunk:05d}.parquet"
+                    train_w = _PartWriter(tmp / "train" / name, plan.timestamps)
+                    test_w = _PartWriter(tmp / "test" / name, plan.timestamps)
+                    b_end = min(plan.num_blocks, (chunk + 1) * blocks_per_chunk)
+                    for b in range(chunk * blocks_per_chunk, b_end):
+                        uid, iid, ts, is_test, in_comm = _gen_block(plan, b, offsets[b], total_weight)
+                        tr = ~is_test
+                        cols = [uid, iid] + ([ts] if ts is not None else [])
+                        train_w.add([c[tr] for c in cols])
+                        test_w.add([c[is_test] for c in cols])
+                        stats["train"] += int(tr.sum())
+                        stats["test"] += int(is_test.sum())
+                        stats["in_community"] += int(in_comm[tr].sum())
+                        stats["active_users"] += int(len(np.unique(uid))) if len(uid) else 0
+                        stats["test_users"] += int(len(np.unique(uid[is_test]))) if is_test.any() else 0
+                        bar.update(len(uid))
+                    train_w.close()
+                    test_w.close()
+            total = stats["train"] + stats["test"]
+            counts = {
+                "interactions": total, "train": stats["train"], "test": stats["test"],
+                "users": plan.users, "items": plan.items, "communities": plan.communities,
+                "active_users": stats["active_users"], "test_users": stats["test_users"],
+                "in_community_fraction": round(stats["in_community"] / stats["train"], 6)
+                if stats["train"] else 0.0,
+                "train_files": n_chunks, "test_files": n_chunks,
+            }
+            params = {k2: v for k2, v in asdict(plan).items()}
+            params["chunk_users"] = k
+            meta = {"generator": "distgnn gen", "requested_interactions": plan.interactions,
+                    "params": params, "counts": counts,
+                    "layout": {"train": "train/part-*.parquet", "test": "test/part-*.parquet",
+                               "columns": ["user_id", "item_id"] + (["ts"] if plan.timestamps else [])}}
+            (tmp / GEN_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     except BaseException as exc:
-        shutil.rmtree(created or tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {out}: {exc.strerror or exc}; free some space or "
                             f"choose another --out") from None

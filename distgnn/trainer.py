@@ -5,9 +5,10 @@ of the input nodes from the embedding store) -> forward (GAT, scores, BPR/BCE + 
 layer-0 embeddings) -> backward -> push (the input embeddings' gradients to the embedding store)
 -> dense_step (Adam on the GAT weights). Each stage is timed.
 
-The run directory holds ``config.yaml`` (resolved config), ``metrics.jsonl`` (one ``train``
-record per ``log_every`` steps with loss, edges/s and the stage split; one ``valid`` record per
-validation) and ``checkpoints/`` (see ``distgnn.checkpoint``), written at the end of every epoch
+The run directory holds ``run.json`` (the run's marker, ``distgnn.rundir``), ``config.yaml``
+(resolved config), ``metrics/rank-NNNNN.jsonl`` (``distgnn.metrics``: one ``train`` record per
+``log_every`` steps with loss, edges/s and the stage split; one ``valid`` record per validation;
+``warning`` records) and ``checkpoints/`` (see ``distgnn.checkpoint``), written at the end of every epoch
 and when training stops. Validation runs every ``eval_every`` epochs on ``eval.split``; training
 stops early after ``patience`` validations without a better Recall@K.
 
@@ -20,8 +21,6 @@ backends run this one loop: the same learning-rate schedule, validation, early s
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,8 +31,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from distgnn import atomic, rundir
 from distgnn import checkpoint as ckpt
 from distgnn import format as fmt
+from distgnn import metrics as run_metrics
 from distgnn.config import Config
 from distgnn.errors import UserError
 
@@ -119,6 +120,15 @@ def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
                       for p in parts]), fraction
 
 
+def check_eval_split(cfg: Config, manifest: dict, root) -> None:
+    """Validation needs its held-out split; checked before training (and before ``--overwrite``
+    removes an old run)."""
+    if cfg.train.eval_every and cfg.eval.split not in manifest.get("heldout", {}):
+        raise UserError(f"{root} has no '{cfg.eval.split}' held-out split for validation; "
+                        f"partition with --{cfg.eval.split}, or set eval.split=test, "
+                        f"or train.eval_every=0")
+
+
 class Runtime:
     """Where the training loop meets its peers; the local backend's version: one process, no peers.
 
@@ -139,11 +149,11 @@ class Runtime:
                 raise UserError(f"--resume: {run_dir} has no committed checkpoint to resume from; "
                                 f"drop --resume to start a new run")
             trainer.restore(last)
-        elif ckpt.committed(run_dir) or (run_dir / "metrics.jsonl").exists():
+        elif rundir.holds_run(run_dir):
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or "
                             f"choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / "config.yaml", trainer.cfg.to_yaml())
+        rundir.write_marker(run_dir, "local")
+        atomic.write_text(run_dir / "config.yaml", trainer.cfg.to_yaml())
         return resume
 
     def batches(self, trainer: "Trainer", epoch: int, start_step: int):
@@ -205,6 +215,8 @@ class Trainer:
         self.bad_evals = 0
         self.stopped_early = False
         self._evaluator = None
+        self.rank = 0  # the metrics file written (the runtime's rank, set in train())
+        self.warnings: list[str] = []  # written as ``warning`` records once the run has started
 
     # --- one step -------------------------------------------------------------------------
     def run_step(self, idx: torch.Tensor, timers: dict[str, float]) -> float:
@@ -315,8 +327,7 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        run_metrics.append(self.run_dir, self.rank, record)
 
     def train(self, resume: bool = False, runtime: Runtime | None = None) -> dict:
         """Run epochs until ``train.epochs``, ``train.max_steps`` or early stopping.
@@ -327,11 +338,11 @@ class Trainer:
         from tqdm import tqdm
 
         cfg, rt = self.cfg, runtime or Runtime()
+        self.rank = rt.rank
         restored = rt.prepare(self, resume)
-        if cfg.train.eval_every and cfg.eval.split not in self.p.graph.manifest.get("heldout", {}):
-            raise UserError(f"{self.p.graph.root} has no '{cfg.eval.split}' held-out split for validation; "
-                            f"partition with --{cfg.eval.split}, or set eval.split=test, "
-                            f"or train.eval_every=0")
+        for message in self.warnings:
+            self._log({"type": "warning", "message": message})
+        check_eval_split(cfg, self.p.graph.manifest, self.p.graph.root)
         max_steps = cfg.train.max_steps
         wall0 = time.perf_counter()
         last_ckpt_step = self.global_step if restored else -1
@@ -444,9 +455,3 @@ def _seed(seed: int, epoch: int, step: int) -> int:
     dgl.seed(s)
     torch.manual_seed(s)
     return s
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

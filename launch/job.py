@@ -5,7 +5,7 @@ and the cluster's resources -> one GraphShard actor per partition (spread over t
 parameter-server shard on the same node -> a Ray Train ``TorchTrainer`` with one worker per
 partition or group of partitions (worker r of N trains partitions r, r + N, ...), each on one GPU
 (``--gpus-per-worker``) or CPU slot, restarted from the last checkpoint
-by ``FailureConfig`` -> wait, with a progress bar fed by the workers' metrics.jsonl and a stall
+by ``FailureConfig`` -> wait, with a progress bar fed by the workers' metrics files and a stall
 deadline -> the committed checkpoint, which ``distgnn evaluate``/``recommend`` read exactly as
 for the local backend.
 
@@ -19,7 +19,6 @@ Kubernetes (``examples/rayjob.yaml``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -34,25 +33,30 @@ from distgnn.errors import RayCallError, UserError
 def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, address: str | None,
         max_failures: int = 2, fault: dict | None = None, timeout_s: float = 300.0,
         stall_timeout_s: float = 600.0, resume: bool = False,
-        barrier_timeout_s: float = 1800.0) -> dict[str, Any]:
+        barrier_timeout_s: float = 1800.0, overwrite: bool = False) -> dict[str, Any]:
     """Build the Ray job, run it; return Ray Train's final metrics and the last checkpoint's path.
 
     ``resume``: continue the run in ``run_dir`` from its last committed checkpoint (the same
-    checkpoint files as the local backend's, so a run may also move between backends)."""
+    checkpoint files as the local backend's, so a run may also move between backends).
+    ``overwrite``: ``run_dir`` holds a run of ours (``distgnn.rundir.check_out`` said so) to be
+    replaced; it is removed only after the partitions, options and cluster resources are checked."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from distgnn import atomic, rundir
     from distgnn import checkpoint as ckpt
     from distgnn import format as fmt
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.ps import RayEmbeddingStore
     from distgnn.ray_runtime.worker import steps_per_epoch, train_loop_per_worker
+    from distgnn.trainer import check_eval_split
     from partition.verify import verify_or_raise
 
     # Ray workers do not share the driver's working directory: hand them an absolute path.
     cfg.data.partitions = str(Path(cfg.data.partitions).resolve())
     manifest = verify_or_raise(cfg.data.partitions)
+    check_eval_split(cfg, manifest, cfg.data.partitions)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
     if not 1 <= num_workers <= book.num_parts:
@@ -68,19 +72,22 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                             f"drop --resume to start a new run")
         meta = ckpt.read_meta(resume_from)
         ckpt.check_compatible(resume_from, meta["config"], cfg.model_dump(mode="json"))
-    elif ckpt.committed(run_dir) or (run_dir / "metrics.jsonl").exists():
+    elif not overwrite and rundir.holds_run(run_dir):
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                         f"another --out (or --overwrite)")
     owned = not _ray_initialized()
     # Worker output stays in the worker logs (named in any error): Ray Train's own chatter, and
     # the state-API warnings its placement-group cleaner prints every second when the dashboard
     # is off, would bury the job's progress. The driver prints progress and validation results
-    # from metrics.jsonl instead.
+    # from the metrics files instead.
     info = cluster.connect(address, timeout_s=60, log_to_driver=False)
     try:
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        if overwrite:  # every check has passed: only now is the old run removed
+            atomic.discard(run_dir)
+        rundir.sweep(run_dir)
+        rundir.write_marker(run_dir, "ray")
+        atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
         graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
@@ -167,9 +174,14 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
     stall deadline.
 
     Ray Train retries a worker group that cannot start forever; a job that stops making progress
-    (no new record in metrics.jsonl for ``stall_timeout_s``) is turned into an error, not a hang.
+    (no new record in any rank's metrics file for ``stall_timeout_s``) is turned into an error,
+    not a hang. Records come from ``distgnn.metrics.read_metrics``: a torn line is skipped (and
+    read once complete), never fatal; every rank's records only ever grow, so counts mark what
+    was shown.
     """
     from tqdm import tqdm
+
+    from distgnn.metrics import read_metrics
 
     box: dict[str, Any] = {}
 
@@ -181,33 +193,35 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
 
     thread = threading.Thread(target=target, daemon=True, name="ray-train-fit")
     thread.start()
-    path = run_dir / "metrics.jsonl"
-
-    def complete_lines() -> list[str]:  # a record being appended right now is read next time
-        return path.read_text().split("\n")[:-1] if path.exists() else []
+    def shown_records(records: list[dict]) -> list[dict]:  # the chief's, in order
+        return [r for r in records if r.get("type") in ("checkpoint", "valid", "warning")]
 
     bar = tqdm(total=epochs, desc="ray training", unit="epoch", file=sys.stderr, disable=None)
-    last_progress, seen = time.monotonic(), len(complete_lines())  # a resumed run's old records
+    first = read_metrics(run_dir)  # a resumed run's old records are not shown again
+    last_progress, seen, shown = time.monotonic(), len(first.records), len(shown_records(first.records))
     try:
         while thread.is_alive():
             thread.join(timeout=1.0)
-            lines = complete_lines()
-            if len(lines) > seen:
+            records = read_metrics(run_dir).records
+            if len(records) > seen:
                 last_progress = time.monotonic()
-                for line in lines[seen:]:
-                    rec = json.loads(line)
+                new = shown_records(records)
+                for rec in new[shown:]:
                     if rec.get("type") == "checkpoint":
                         bar.n = rec["epoch"]
                         bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
                         bar.refresh()
                     elif rec.get("type") == "valid":
-                        shown = ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
+                        values = ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
                                           if k.startswith(("recall@", "ndcg@")))
-                        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {shown}", file=sys.stderr)
-                seen = len(lines)
+                        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {values}", file=sys.stderr)
+                    else:
+                        tqdm.write(f"warning: {rec.get('message')}", file=sys.stderr)
+                seen, shown = len(records), len(new)
             elif time.monotonic() - last_progress > stall_timeout_s:
                 raise RayCallError(f"Ray training made no progress for {stall_timeout_s:.0f}s (no new "
-                                   f"record in {path}); workers may not fit on the cluster or are stuck")
+                                   f"record in {run_dir}/metrics); workers may not fit on the cluster "
+                                   f"or are stuck")
     finally:
         bar.close()
     if "error" in box:

@@ -2,17 +2,17 @@
 benchmark, not a test)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from distgnn.bench.overhead import steady_edges_per_s
 from distgnn.cli import main
+from distgnn.metrics import append
 
 
 def _write(run, records):
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for r in records:
+        append(run, 0, r)
 
 
 def test_throughput_skips_warmup_and_weights_by_time(tmp_path):

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 import torch
 
-ray = pytest.importorskip("ray")
-
-from distgnn import format as fmt  # noqa: E402
-from distgnn.errors import UserError  # noqa: E402
-from distgnn.graph_store import LocalGraphStore  # noqa: E402
-from distgnn.ray_runtime import cluster  # noqa: E402
-from distgnn.ray_runtime.graph_shard import (DistributedNeighborSampler, RayGraphStore,  # noqa: E402
+from distgnn import format as fmt
+from distgnn.errors import UserError
+from distgnn.graph_store import LocalGraphStore
+from distgnn.ray_runtime import cluster
+from distgnn.ray_runtime.graph_shard import (DistributedNeighborSampler, RayGraphStore,
                                              create_graph_shards)
-from distgnn.ray_runtime.testing import make_partitions  # noqa: E402
+from distgnn.ray_runtime.testing import make_partitions
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,16 +14,15 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 
-ray = pytest.importorskip("ray")
-
-from distgnn import format as fmt  # noqa: E402
-from distgnn.embedding_store import LocalEmbeddingStore  # noqa: E402
-from distgnn.errors import UserError  # noqa: E402
-from distgnn.ray_runtime import cluster  # noqa: E402
-from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards  # noqa: E402
-from distgnn.ray_runtime.testing import load_id_maps, make_partitions  # noqa: E402
+from distgnn import format as fmt
+from distgnn.embedding_store import LocalEmbeddingStore
+from distgnn.errors import UserError
+from distgnn.ray_runtime import cluster
+from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards
+from distgnn.ray_runtime.testing import load_id_maps, make_partitions
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,6 +14,7 @@ import pytest
 
 from distgnn import checkpoint as ckpt
 from distgnn.cli import main
+from distgnn.metrics import read_metrics
 from tests.train_cfg import small_config
 from tests.train_data import partitioned
 
@@ -59,7 +60,7 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     run = uninterrupted
     last = ckpt.latest(run)
     assert last is not None and ckpt.read_meta(last)["epoch"] == EPOCHS
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(run).records
     train = [r for r in recs if r["type"] == "train"]
     assert {r["rank"] for r in train} == {0, 1}, "both workers must log"
     # every worker ran the same number of steps (DDP all-reduces line up)
@@ -109,7 +110,7 @@ def test_parameter_server_crash_restarts_from_last_checkpoint(uninterrupted, dat
     # the middle of epoch 1 (0-based)
     assert _train(data, run, "--set", "train.fault.ps_shard=1",
                   "--set", f"train.fault.ps_after_pushes={steps + steps // 2}") == 0
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(run).records
     steps0 = [r["step"] for r in recs if r["type"] == "train" and r["rank"] == 0]
     assert any(b <= a for a, b in zip(steps0, steps0[1:])), "no restart: steps were never re-run"
     assert ckpt.read_meta(ckpt.latest(run))["epoch"] == EPOCHS
@@ -124,7 +125,7 @@ def test_resume_continues_a_stopped_run(ray_cluster, data):
     assert _train(data, run, "--epochs", "2", "--resume") == 0
     meta = ckpt.read_meta(ckpt.latest(run))
     assert meta["epoch"] == 2 and meta["global_step"] == 2 * first["global_step"]
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(run).records
     assert min(r["step"] for r in recs if r["type"] == "train" and r["epoch"] == 1) > first["global_step"]
 
 
@@ -134,7 +135,7 @@ def test_one_worker_trains_both_partitions(uninterrupted, data, capsys):
     run = data["tmp"] / "run-1worker"
     assert main(["train", "--config", str(data["cfg"]), "--backend", "ray", "--num-workers", "1",
                  "--out", str(run)]) == 0
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(run).records
     train = [r for r in recs if r["type"] == "train"]
     assert {r["rank"] for r in train} == {0}
     t = train[-1]["traffic"]

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distgnn.cli import main
+from distgnn.metrics import read_metrics
 from tests.train_cfg import small_config
 from tests.train_data import partitioned
 
@@ -28,7 +29,7 @@ def _err_line(capsys):
 def test_train_writes_run_dir(trained):
     run = trained["run"]
     assert (run / "config.yaml").is_file()
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(run).records
     assert recs and all("loss" in r and "edges_per_s" in r for r in recs if r["type"] == "train")
     assert set(recs[0]["stage_seconds"]) == {"sample", "pull", "forward", "backward", "push", "dense_step"}
 
@@ -131,5 +132,4 @@ def test_overwrite_starts_afresh(trained, tmp_path):
     shutil.copytree(trained["run"], run)
     assert main(["train", "--config", str(trained["cfg"]), "--out", str(run), "--max-steps", "2",
                  "--overwrite"]) == 0
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["step"] == 2
+    assert read_metrics(run).records[-1]["step"] == 2

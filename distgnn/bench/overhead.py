@@ -7,7 +7,7 @@ points, one after the other in this run:
 - **ray**: ``launch.job.run`` with one Ray Train worker: the GraphShard and parameter-server
   actors, the zero-copy mapped partition, every pull and push a Ray call, DDP set up by Ray Train.
 
-Throughput is training edges/s from each run's metrics.jsonl, over the steps after the first
+Throughput is training edges/s from each run's metrics (``distgnn.metrics.read_metrics``), over the steps after the first
 ``log_every`` interval (warm-up: Ray worker start, first DGL calls). The two sides alternate for
 ``--rounds`` rounds and the medians are compared: on a shared machine one run's speed varies by
 several percent, more than the cost being measured. Start-up time is reported
@@ -16,7 +16,6 @@ separately (wall time minus training time), since it does not grow with the data
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -51,10 +50,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _steady_train_records(run_dir: Path) -> list[dict]:
+    """The run's ``train`` records after the first (warm-up) one."""
+    from distgnn.metrics import read_metrics
+
+    return read_metrics(run_dir).of_type("train")[1:]
+
+
 def steady_edges_per_s(run_dir: Path) -> tuple[float, int]:
     """(edges/s over the train records after the first, number of records used)."""
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in recs if r["type"] == "train"][1:]
+    train = _steady_train_records(run_dir)
     if not train:
         raise UserError(f"{run_dir}: too few steps to measure; raise --steps or lower --log-every")
     edges = sum(r["edges"] for r in train)
@@ -63,9 +68,8 @@ def steady_edges_per_s(run_dir: Path) -> tuple[float, int]:
 
 
 def _stage_split(run_dir: Path) -> dict[str, float]:
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     total: dict[str, float] = {}
-    for r in [r for r in recs if r["type"] == "train"][1:]:
+    for r in _steady_train_records(run_dir):
         for k, v in r["stage_seconds"].items():
             total[k] = total.get(k, 0.0) + v
     return {k: round(v, 3) for k, v in total.items()}

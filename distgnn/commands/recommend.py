@@ -16,6 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, required=True, help="recommendations per user")
     p.add_argument("--out", required=True, help="output Parquet path for the recommendations")
     p.add_argument("--partitions", help="partition directory (default: the run's data.partitions)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace PATH and its two embedding files if an earlier 'distgnn recommend' "
+                        "wrote them (other files are never replaced)")
     p.set_defaults(handler=run)
 
 
@@ -34,8 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if args.partitions:
         cfg.data.partitions = args.partitions
     from distgnn.commands import set_threads
-    set_threads(cfg.train.threads)
-    from distgnn import export
+    set_threads(cfg.train.threads)  # before torch is imported (by export)
+    from distgnn import atomic, export
+    for path in export.output_paths(out):  # all three are checked before anything is computed
+        atomic.check_replaceable(path, export.is_ours, args.overwrite, what="'distgnn recommend'",
+                                 kind="file")
+    atomic.sweep_stale(out.parent)
     paths = export.recommend(args.run, cfg, args.k, out)
     for p in paths:
         print(p)

@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from distgnn.errors import UserError
+
+DEFAULT_MAX_FAILURES = 2
+# Config fields only the Ray backend reads: the local backend warns when they are set.
+RAY_ONLY_FIELDS = ("embedding.shared_memory", "embedding.async_pushes", "train.local_negatives",
+                   "train.fault")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a multi-head GAT recommender on partitioned interactions",
-        description="Train a GAT link-prediction recommender. The run directory (--out) receives the "
-                    "resolved config.yaml, metrics.jsonl and a checkpoint per epoch.")
+        description="Train a GAT link-prediction recommender. The run directory (--out) receives "
+                    "run.json (the run's marker), the resolved config.yaml, metrics/rank-*.jsonl and "
+                    "a checkpoint per epoch.")
     p.add_argument("--config", required=True, help="YAML config (see configs/demo.yaml)")
     p.add_argument("--partitions", help="partition directory; overrides data.partitions")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V",
@@ -28,14 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", metavar="ADDR",
                    help="ray: 'auto' or 'ray://HOST:PORT' for an existing cluster (default: start a "
                         "local Ray instance)")
-    p.add_argument("--max-failures", type=int, default=2, metavar="F",
-                   help="ray: worker failures to recover from (restart from the last checkpoint)")
+    p.add_argument("--max-failures", type=int, default=None, metavar="F",
+                   help="ray: worker failures to recover from (restart from the last checkpoint; "
+                        f"default {DEFAULT_MAX_FAILURES})")
     p.add_argument("--epochs", type=int, help="overrides train.epochs")
     p.add_argument("--max-steps", type=int, help="overrides train.max_steps (total steps)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh even if --out already holds a run (its contents are replaced)")
+                   help="start afresh even if --out already holds a run: replaced only if it is a "
+                        "distgnn run (run.json) holding nothing else, after the config and partitions "
+                        "are checked")
     p.set_defaults(handler=run)
 
 
@@ -49,43 +59,55 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(args.config, overrides, args.partitions)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    if args.backend == "ray":
-        return _run_ray(args, cfg, out)
-    if args.num_workers is not None or args.address or args.gpus_per_worker:
-        raise UserError("--num-workers, --address and --gpus-per-worker need --backend ray")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; choose a directory")
-    from distgnn.commands import set_threads
-    set_threads(cfg.train.threads)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    from distgnn.trainer import Trainer
+    from distgnn import atomic, rundir
+
+    # Is --out ours to (re)write? Decided before anything else; deletion waits for validation.
+    replace = rundir.check_out(out, args.overwrite, args.resume)
+    if args.backend == "ray":
+        return _run_ray(args, cfg, out, replace)
+    if args.num_workers is not None or args.address or args.gpus_per_worker:
+        raise UserError("--num-workers, --address and --gpus-per-worker need --backend ray")
+    from distgnn.commands import set_threads
+    set_threads(cfg.train.threads)
+    from distgnn.trainer import Trainer, check_eval_split
 
     trainer = Trainer(cfg, out, backend=args.backend)  # reads and checks the partitions first
-    if args.overwrite and out.is_dir():
-        import shutil
-        for name in ("checkpoints", "metrics.jsonl", "config.yaml"):
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    check_eval_split(cfg, trainer.p.graph.manifest, trainer.p.graph.root)
+    trainer.warnings += ray_only_warnings(cfg, args.max_failures)
+    for message in trainer.warnings:
+        print(f"distgnn train: warning: {message}", file=sys.stderr)
+    if replace:
+        atomic.discard(out)
+    rundir.sweep(out)
     summary = trainer.train(resume=args.resume)
     print(json.dumps(summary))
     return 0
 
 
-def _run_ray(args: argparse.Namespace, cfg, out: Path) -> int:
+def ray_only_warnings(cfg, max_failures: int | None) -> list[str]:
+    """One message per Ray-only setting given to the local backend (which ignores it)."""
+    out = []
+    for dotted in RAY_ONLY_FIELDS:
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != type(getattr(cfg, section)).model_fields[name].get_default(call_default_factory=True):
+            shown = value.model_dump(exclude_defaults=True) if hasattr(value, "model_dump") else value
+            out.append(f"{dotted}={shown!r} only applies to --backend ray; the local backend ignores it")
+    if max_failures is not None:
+        out.append(f"--max-failures {max_failures} only applies to --backend ray; the local backend "
+                   f"does not restart (use --resume after a failure)")
+    return out
+
+
+def _run_ray(args: argparse.Namespace, cfg, out: Path, replace: bool) -> int:
     """Train on Ray, then evaluate the final checkpoint on the driver like the local backend."""
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    if args.overwrite and out.is_dir():
-        import shutil
-        shutil.rmtree(out)
     from launch import job
 
     fault = cfg.train.fault.model_dump() if cfg.train.fault.worker is not None else None
+    max_failures = DEFAULT_MAX_FAILURES if args.max_failures is None else args.max_failures
     result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,
-                     max_failures=args.max_failures, fault=fault, resume=args.resume)
+                     max_failures=max_failures, fault=fault, resume=args.resume, overwrite=replace)
     print(json.dumps({"run_dir": str(out), **result}))
     return 0

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from distgnn import atomic
 from distgnn import format as fmt
 from distgnn.embedding_store import (EmbeddingStore, LocalEmbeddingStore, OPTIMIZERS, _fixed_list,
                                      read_rows)
@@ -479,8 +480,7 @@ class RayEmbeddingStore(EmbeddingStore):
             schema = pa.schema([pa.field("orig_id", orig.type)]
                                + [pa.field(n, pa.int64() if n == "step" else pa.list_(pa.float32(), self.dim))
                                   for n in names]).with_metadata({"distgnn": json.dumps(meta)})
-            tmp = path / f".{ntype}.parquet.tmp"
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with atomic.atomic_file(path / f"{ntype}.parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
                 if not runs:
                     writer.write_table(schema.empty_table())
                 for (p, lo, hi), ref in zip(runs, refs):
@@ -489,7 +489,6 @@ class RayEmbeddingStore(EmbeddingStore):
                     for n in names:
                         cols[n] = pa.array(rows[n]) if rows[n].ndim == 1 else _fixed_list(rows[n])
                     writer.write_table(pa.table(cols, schema=schema))
-            os.replace(tmp, path / f"{ntype}.parquet")
 
     def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
         """Rows by orig id from files written by either store, into this store's shards (any
