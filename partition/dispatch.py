@@ -14,8 +14,6 @@ File names and schemas come from ``distgnn.format`` (the spec is ``docs/format.m
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,34 +201,3 @@ def write_targets(root: Path, split: str, held: HeldOutSplit, num_users: int, rl
 def add_checksums(root: Path, files: dict[str, dict]) -> None:
     for relpath, info in files.items():
         info["sha256"] = fmt.sha256_file(root / relpath)
-
-
-class AtomicDir:
-    """Build a directory under a hidden temporary name; rename it into place on success.
-
-    An interrupted or failed run leaves no directory that looks complete: readers require
-    ``manifest.json``, which is written last, inside the temporary directory, before the rename.
-    """
-
-    def __init__(self, out: Path, overwrite: bool):
-        self.out = out
-        self.overwrite = overwrite
-        self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.rename(self.out, old)
-        os.rename(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from distgnn import __version__
+from distgnn import __version__, atomic
 from distgnn import format as fmt
 from distgnn.errors import UserError
 from distgnn.stages import StageTimer, human_bytes
@@ -99,21 +99,16 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     """Fail before any work if the output directory cannot be (re)placed.
 
     ``--overwrite`` replaces only a partition directory this tool wrote (its ``manifest.json``
-    names our format); anything else is refused, and nothing is touched.
+    names our format, and it holds nothing else but our files); anything else is refused, and
+    nothing is touched (``distgnn.atomic.check_replaceable``, the rule of every ``--overwrite``).
     """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is a file; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"output directory {out} is not empty; pass --overwrite to replace it "
-                            f"or choose another --out")
-        try:
-            ours = json.loads((out / fmt.MANIFEST).read_text()).get("format") == fmt.FORMAT_NAME
-        except (OSError, ValueError):
-            ours = False
-        if not ours:
-            raise UserError(f"--overwrite refused: {out} is not a partition directory written by distgnn "
-                            f"(no distgnn {fmt.MANIFEST}); empty it yourself or choose another --out")
+    def own_entry(name: str) -> bool:
+        return name in (fmt.MANIFEST, "id_map", "targets") or name.startswith("part-")
+
+    atomic.check_replaceable(
+        out, atomic.json_marker(fmt.MANIFEST, format=fmt.FORMAT_NAME), overwrite,
+        what="'distgnn partition create'", own_entry=own_entry,
+        exists_hint=f"output directory {out} is not empty; pass --overwrite to replace it or choose another --out")
 
 
 def _fingerprint(files: list[dict]) -> str:
@@ -266,6 +261,7 @@ def create(opts: CreateOptions) -> dict[str, Any]:
     out = Path(opts.out)
     _validate(opts)
     check_output_dir(out, opts.overwrite)
+    atomic.sweep_stale(out.resolve().parent)   # our own dead runs' temp dirs; never the scratch
     limit = opts.memory_limit or default_memory_limit()
     train_inp = ingest.open_input(opts.train)
     fp_parts = [_fingerprint(train_inp.files), opts.user_col, opts.item_col, str(opts.ts_col),
@@ -372,7 +368,7 @@ def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[s
     # ---- 3. dispatch ---------------------------------------------------------------------
     _test_delay("dispatch")
     files: dict[str, dict] = {}
-    with dispatch.AtomicDir(out, opts.overwrite) as tmp:
+    with atomic.AtomicDir(out, opts.overwrite) as tmp:
         with timer.stage("dispatch"):
             rl = dispatch.relabel(part, graph.num_users, opts.num_parts)
             dispatch.write_id_maps(tmp, graph, rl, files)

@@ -256,7 +256,7 @@ def test_overwrite_refuses_a_directory_we_did_not_write(gen1m, tmp_path, capsys)
     rc = main(["partition", "create", "--train", str(gen1m / "train"), "--num-parts", "2", "--out", str(out),
                "--overwrite", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--overwrite refused" in err and len(err.splitlines()) == 1, err
+    assert rc == 2 and "did not write" in err and len(err.splitlines()) == 1, err
     assert (out / "notes.txt").read_text() == "the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "scratch or temp left behind"
 
