@@ -176,37 +176,6 @@ def refine_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, part,
 
 
 @njit(cache=True)
-def count_cut(row_start, indptr, indices, nbr_offset, part):
-    """Edges of this chunk whose two ends lie in different partitions."""
-    cut = 0
-    base = indptr[0]
-    for r in range(indptr.size - 1):
-        pv = part[row_start + r]
-        for e in range(indptr[r] - base, indptr[r + 1] - base):
-            if part[indices[e] + nbr_offset] != pv:
-                cut += 1
-    return cut
-
-
-@njit(cache=True)
-def scatter_transpose(row_start, indptr, indices, ts, has_ts, cursor, out_indices, out_ts):
-    """Counting-sort step of the CSR transpose: row ``u``'s entry ``i`` goes to ``out[cursor[i]++]``.
-
-    Rows arrive in ascending order, so every transposed row ends up sorted by ``u``.
-    """
-    base = indptr[0]
-    for r in range(indptr.size - 1):
-        u = row_start + r
-        for e in range(indptr[r] - base, indptr[r + 1] - base):
-            i = indices[e]
-            pos = cursor[i]
-            out_indices[pos] = u
-            if has_ts:
-                out_ts[pos] = ts[e]
-            cursor[i] = pos + 1
-
-
-@njit(cache=True)
 def choose_holdout(row_start, indptr, indices, ts, by_latest, fraction, seed, out_mask):
     """Per-user validation split: mark ``round(fraction * deg)`` of each row (at least one, never
     all; rows with fewer than two entries kept whole), the latest ones by ``ts`` or a seeded
@@ -253,25 +222,6 @@ def in_csr(indptr, indices, rows, cols):
         if a < indptr[rows[k] + 1] and indices[a] == x:
             out[k] = True
     return out
-
-
-@njit(cache=True)
-def sort_row_segments(indptr, values, payload, has_payload):
-    """Sort each CSR row's ``values`` ascending in place (``payload`` permuted alongside)."""
-    base = indptr[0]
-    for r in range(indptr.size - 1):
-        a = indptr[r] - base
-        b = indptr[r + 1] - base
-        if b - a < 2:
-            continue
-        if has_payload:
-            order = np.argsort(values[a:b], kind="mergesort")
-            v = values[a:b][order]
-            p = payload[a:b][order]
-            values[a:b] = v
-            payload[a:b] = p
-        else:
-            values[a:b] = np.sort(values[a:b])
 
 
 @njit(cache=True)

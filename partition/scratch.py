@@ -83,12 +83,6 @@ class Scratch:
     def load(self, name: str, mmap: bool = False) -> np.ndarray:
         return np.load(self.path(name), mmap_mode="r" if mmap else None, allow_pickle=False)
 
-    def create_mmap(self, name: str, dtype, length: int) -> np.ndarray:
-        """A writable memory-mapped ``.npy`` of ``length`` elements (filled by the caller)."""
-        path = self.path(name)
-        charge_write(np.dtype(dtype).itemsize * length, str(path))
-        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
-
     # ---- stages -------------------------------------------------------------------------
     def _stage_marker(self, stage: str) -> Path:
         return self.path(f"stage-{stage}.json")
