@@ -127,11 +127,8 @@ def prefetched(trainer: Any, epoch: int, batches: Iterator[tuple[int, torch.Tens
         while pending:
             step, idx, fut = pending.popleft()
             prepared = fut.result()
-            if depth > 0:
-                submit()  # keep `depth` minibatches in preparation while this step computes
-            yield step, idx, prepared
-            if depth <= 0:
-                submit()
+            yield step, idx, prepared  # while it computes, the next `depth` ones are sampled
+            submit()
     finally:
         for _, _, fut in pending:
             fut.cancel()
