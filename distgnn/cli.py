@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "distgnn.commands.train",
     "distgnn.commands.evaluate",
     "distgnn.commands.recommend",
+    "distgnn.commands.doctor",
     "distgnn.bench",
 ]
 
