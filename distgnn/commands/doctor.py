@@ -153,7 +153,7 @@ def check_ray(rep: Report, address: str | None) -> None:
     t = time.perf_counter()
     was_connected = ray.is_initialized()
     try:
-        info = cluster.connect(address, num_cpus=None if address else 1, log_to_driver=False)
+        info = cluster.connect(address, log_to_driver=False)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         res = ray.cluster_resources()
         rep.facts["ray_cluster"] = ("local instance started for this check" if info.get("embedded")
