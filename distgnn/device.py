@@ -11,6 +11,27 @@ from __future__ import annotations
 
 import torch
 
+from distgnn.errors import UserError
+
+
+def ray_worker_device(requested: str, gpus_per_worker: float) -> str:
+    """The device type a Ray worker trains on, checked on the driver before Ray starts.
+
+    GPUs requested (``--gpus-per-worker`` > 0): ``cuda`` (each worker then uses the GPU Ray gave
+    it, and the process group is nccl); ``train.device: cpu`` with GPUs requested is a
+    contradiction (nccl over CPU tensors cannot work). No GPUs requested: ``cpu`` (gloo), also
+    for ``auto``, since a worker without a GPU of its own must not grab one of the node's."""
+    req = requested.strip().lower()
+    if gpus_per_worker > 0:
+        if req == "cpu":
+            raise UserError(f"train.device is 'cpu' but --gpus-per-worker {gpus_per_worker:g} requests "
+                            f"GPUs; drop --gpus-per-worker, or set train.device=auto (or cuda)")
+        return "cuda"
+    if req.startswith("cuda"):
+        raise UserError(f"train.device is {requested!r} but the Ray workers get no GPU; pass "
+                        f"--gpus-per-worker 1 (or more), or set train.device=auto (or cpu)")
+    return "cpu"
+
 
 class HostToDevice:
     """Copies of one training process to ``device``; ``rows`` reuses a pinned staging buffer."""
