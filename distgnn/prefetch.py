@@ -30,6 +30,7 @@ queued ones and waits for the one in progress.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def prepare_step(trainer: Any, epoch: int, step: int, idx: torch.Tensor) -> Prep
 
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_pid = -1  # a forked child inherits the object but not its thread: it makes its own
 _executor_lock = threading.Lock()
 
 
@@ -92,14 +94,14 @@ def _with_one_dgl_thread(fn, *args):
 def sampling_thread() -> concurrent.futures.ThreadPoolExecutor:
     """The process-wide sampling thread (see module doc), created on first use; its first job
     registers it with DGL's RNG, alone, before any sampling."""
-    global _executor
+    global _executor, _executor_pid
     with _executor_lock:
-        if _executor is None:
+        if _executor is None or _executor_pid != os.getpid():
             import dgl
 
             ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distgnn-sampler")
             ex.submit(_with_one_dgl_thread, dgl.seed, 0).result()
-            _executor = ex
+            _executor, _executor_pid = ex, os.getpid()
         return _executor
 
 
