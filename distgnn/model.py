@@ -41,71 +41,16 @@ class RepeatHeads(nn.Module):
         return h.repeat(1, self.heads) if self.heads > 1 else h
 
 
-def _gat_layer_class():
-    """``GATLayer``: DGL's ``GATConv`` (same parameters, state dict and result) with a cheaper
-    attention logit. ``GATConv`` computes ``el = (fc(h).view(N, H, O) * attn_l).sum(-1)``: an
-    elementwise product over [N, H, O] and a reduction, and in backward two more [N, H, O]
-    products, per layer and side. Since ``fc`` is linear, ``el = h @ A_l`` with the [in, H]
-    matrix ``A_l[i, h] = sum_o W[h, o, i] * attn_l[h, o]``, one thin matmul (and ``A_l = attn_l^T``
-    for the frozen identity transform). The rest is GATConv's own code path: DGL's fused
-    ``u_add_v`` SDDMM, ``edge_softmax`` and the ``u_mul_e``/``sum`` SpMM, no dense [E, ...] or
-    [N, N] intermediates. Results equal GATConv's up to float rounding (tests/test_model_kernels.py).
-    """
-    import dgl.function as fn
-    from dgl.nn import GATConv
-    from dgl.nn.functional import edge_softmax
-
-    class GATLayer(GATConv):
-        def _attn_matrix(self, attn: torch.Tensor) -> torch.Tensor:
-            heads, out = self._num_heads, self._out_feats
-            a = attn.view(heads, out)
-            if isinstance(self.fc, RepeatHeads):
-                return a.t()
-            w = self.fc.weight.view(heads, out, -1)
-            return torch.einsum("hoi,ho->ih", w, a)
-
-        def forward(self, graph, feat, edge_weight=None, get_attention=False):
-            if isinstance(feat, tuple) or get_attention or hasattr(self, "fc_src"):
-                return super().forward(graph, feat, edge_weight, get_attention)
-            heads, out = self._num_heads, self._out_feats
-            with graph.local_scope():
-                h_src = h_dst = self.feat_drop(feat)
-                feat_src = self.fc(h_src).view(-1, heads, out)
-                n_dst = graph.number_of_dst_nodes() if graph.is_block else len(feat)
-                h_dst = h_src[:n_dst]
-                el = (h_src @ self._attn_matrix(self.attn_l)).unsqueeze(-1)   # [N, H, 1]
-                er = (h_dst @ self._attn_matrix(self.attn_r)).unsqueeze(-1)
-                graph.srcdata.update({"ft": feat_src, "el": el})
-                graph.dstdata.update({"er": er})
-                graph.apply_edges(fn.u_add_v("el", "er", "e"))
-                e = self.leaky_relu(graph.edata.pop("e"))
-                a = self.attn_drop(edge_softmax(graph, e))
-                if edge_weight is not None:
-                    a = a * edge_weight.view(-1, 1, 1)
-                graph.edata["a"] = a
-                graph.update_all(fn.u_mul_e("ft", "a", "m"), fn.sum("m", "ft"))
-                rst = graph.dstdata["ft"]
-                if self.res_fc is not None:
-                    rst = rst + self.res_fc(h_dst).view(n_dst, -1, out)
-                if self.has_explicit_bias:
-                    rst = rst + self.bias.view(1, heads, out)
-                if self.activation:
-                    rst = self.activation(rst)
-                return rst
-
-    return GATLayer
-
-
 class GATRec(nn.Module):
     def __init__(self, cfg: ModelConfig):
-        GATLayer = _gat_layer_class()
+        from dgl.nn import GATConv
 
         super().__init__()
         self.cfg = cfg
         self.convs = nn.ModuleList()
         in_dim = cfg.dim
         for _ in range(cfg.layers):
-            conv = GATLayer(in_dim, cfg.hidden, cfg.heads, feat_drop=cfg.dropout,
+            conv = GATConv(in_dim, cfg.hidden, cfg.heads, feat_drop=cfg.dropout,
                            attn_drop=cfg.attn_dropout, residual=cfg.residual, activation=None,
                            allow_zero_in_degree=True, bias=cfg.bias)
             self._init_conv(conv, in_dim)
