@@ -109,7 +109,7 @@ def reference_settings(cfg) -> dict:
             "head_merge": m.head_merge, "activation": m.activation, "layer_combine": m.layer_combine,
             "transform": "learned", "attn_init": "xavier", "edge_norm": "none",
             "dense": f"Adam(lr={tr.dense_lr})", "negatives": f"{tr.num_negatives} uniform items",
-            "loss": "bpr", "sampler": "NeighborSampler+as_edge_prediction_sampler(reverse_id)"}
+            "loss": "bpr (no L2)", "sampler": "NeighborSampler+as_edge_prediction_sampler(reverse_id)"}
 
 
 class _Reference:
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     ours_model = {"embedding": f"{cfg.embedding.optimizer} store (lr={cfg.embedding.lr})",
                   "transform": m.transform, "activation": m.activation, "residual": m.residual,
                   "attn_init": m.attn_init, "edge_norm": m.edge_norm, "layer_combine": m.layer_combine,
-                  "head_merge": m.head_merge, "bias": m.bias, "loss": tr.loss,
+                  "head_merge": m.head_merge, "bias": m.bias, "loss": tr.loss, "l2": tr.l2,
                   "prefetch": tr.prefetch}
     result = {"setup": setup, "ours_settings": ours_model, "reference_settings": reference_settings(cfg)}
     sides = {}
