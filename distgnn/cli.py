@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "distgnn.commands.evaluate",
     "distgnn.commands.recommend",
     "distgnn.commands.plot",
+    "distgnn.commands.doctor",
     "distgnn.bench",
 ]
 

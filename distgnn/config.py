@@ -123,6 +123,9 @@ class TrainConfig(_Strict):
     deterministic_sampling: bool = Field(
         True, description="sample neighbours in one thread so a seed fixes the samples (exact "
                           "--resume); false lets DGL sample with all threads, not reproducibly")
+    prefetch: int = Field(1, ge=0, description="minibatches sampled ahead on a background thread while "
+                                               "the current step computes (0 = sample in the step); "
+                                               "the sampled sequence is the same either way")
     keep_checkpoints: int = Field(2, gt=0, description="latest checkpoints kept (plus the best)")
     progress: bool = True
     fault: FaultConfig = FaultConfig()

@@ -16,6 +16,7 @@ correction, so a row's update depends only on the gradients that row has receive
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -140,8 +141,10 @@ class LocalEmbeddingStore(EmbeddingStore):
         self.exp_avg.index_copy_(0, rows, m)
         self.exp_avg_sq.index_copy_(0, rows, v)
         t = step.to(g.dtype).unsqueeze(1)
-        bias1 = 1 - b1 ** t
-        bias2 = 1 - b2 ** t
+        # 1 - beta**t per row as -expm1(t log beta): torch's pow with a scalar base and a tensor
+        # exponent is not vectorised on CPU (6x slower than exp; it was most of a push)
+        bias1 = -torch.expm1(t * _log(b1))
+        bias2 = -torch.expm1(t * _log(b2))
         update = (m / bias1).div_((v / bias2).sqrt_().add_(self.eps))
         # rows are unique here: gather-update-scatter (index_add_ is serial on CPU)
         self.weight.index_copy_(0, rows, self.weight.index_select(0, rows).add_(update, alpha=-self.lr))
@@ -193,6 +196,11 @@ class LocalEmbeddingStore(EmbeddingStore):
             take = torch.from_numpy(pos)
             for name, vals in cols.items():
                 getattr(self, name).index_copy_(0, rows, torch.from_numpy(vals)[take].to(self.device))
+
+
+def _log(beta: float) -> float:
+    """log(beta), with log(0) = -inf (then 1 - 0**t = 1 for t >= 1, as expm1(-inf) = -1)."""
+    return math.log(beta) if beta > 0 else -math.inf
 
 
 def _map_file(path: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:

@@ -19,6 +19,7 @@ never in it.
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
@@ -51,11 +52,14 @@ class GraphStore(ABC):
 
     @abstractmethod
     def sample_block(self, seed_gids: torch.Tensor, fanout: int,
-                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
+                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     gen: torch.Generator | None = None):
         """Sample up to ``fanout`` in-neighbours (-1: all) of each seed.
 
         ``exclude``: (user_gid, item_gid) interactions whose edges, in both directions, must not
-        be sampled. Returns ``(block, src_gids)``.
+        be sampled. ``gen``: a store that seeds its own sampling draws the seed from it (None:
+        from torch's global generator); the local store samples with DGL's thread-local engine
+        (``dgl.seed``) and ignores it. Returns ``(block, src_gids)``.
         """
 
     def full_block(self, seed_gids: torch.Tensor):
@@ -125,7 +129,9 @@ class LocalGraphStore(GraphStore):
         self.g = dgl.graph((src_lid, dst_lid), num_nodes=self.num_local, idtype=torch.int64)
         self.g.create_formats_()
         self._in_deg_local = self.g.in_degrees()
-        self._mapping: dict = {}
+        # DGL's fused sampler keeps a node-id scratch array in this dict between calls; one per
+        # thread, so sampling on the prefetch thread never races another thread's call.
+        self._scratch = threading.local()
         self._global_degrees: torch.Tensor | None = None
 
         # Training interactions: item -> user edges (dst is an owned user).
@@ -207,8 +213,14 @@ class LocalGraphStore(GraphStore):
         halo[inb] = self._halo_gids[pos[inb]] == gid[inb]
         return owned | halo
 
+    def _thread_mapping(self) -> dict:
+        if not hasattr(self._scratch, "mapping"):
+            self._scratch.mapping = {}
+        return self._scratch.mapping
+
     def sample_block(self, seed_gids: torch.Tensor, fanout: int,
-                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
+                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     gen: torch.Generator | None = None):
         import dgl
 
         seed_lid = self.gid_to_lid(seed_gids)
@@ -226,11 +238,11 @@ class LocalGraphStore(GraphStore):
             set_num_threads(1)  # DGL's OpenMP only; torch's thread pool is left alone
             try:
                 block = self.g.sample_neighbors_fused(seed_lid, fanout, exclude_edges=eids,
-                                                      mapping=self._mapping)
+                                                      mapping=self._thread_mapping())
             finally:
                 set_num_threads(threads)
         else:
             block = self.g.sample_neighbors_fused(seed_lid, fanout, exclude_edges=eids,
-                                                  mapping=self._mapping)
+                                                  mapping=self._thread_mapping())
         src_lid = block.srcdata[dgl.NID]
         return block, self.lid_to_gid(src_lid)

@@ -105,13 +105,16 @@ class EdgeMinibatchSampler:
         for step in range(start_step, self.steps_per_epoch()):
             yield step, order[step * self.batch_size:(step + 1) * self.batch_size]
 
-    def sample(self, idx: torch.Tensor, gen: torch.Generator) -> MiniBatch:
+    def sample(self, idx: torch.Tensor, gen: torch.Generator,
+               hop_gen: torch.Generator | None = None) -> MiniBatch:
+        """``gen`` draws the negatives; ``hop_gen`` is passed to every ``sample_block`` (see there)."""
         users = self.user_gid[idx]
         pos = self.item_gid[idx]
         neg = self.negatives.sample(1 if self.shared_negatives else len(idx), gen)
-        return self.sample_for(users, pos, neg)
+        return self.sample_for(users, pos, neg, hop_gen)
 
-    def sample_for(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> MiniBatch:
+    def sample_for(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                   hop_gen: torch.Generator | None = None) -> MiniBatch:
         """``neg``: [B, k] negatives per positive, or [1, k] shared by the whole minibatch."""
         b = len(users)
         bn, k = neg.shape
@@ -119,7 +122,7 @@ class EdgeMinibatchSampler:
         blocks, block_gids = [], []
         dst = seeds
         for fanout in reversed(self.fanouts):
-            block, src = self.graph.sample_block(dst, fanout, exclude=(users, pos))
+            block, src = self.graph.sample_block(dst, fanout, exclude=(users, pos), gen=hop_gen)
             blocks.insert(0, block)
             block_gids.insert(0, src)
             dst = src

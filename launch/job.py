@@ -53,6 +53,9 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     from distgnn.trainer import check_eval_split
     from partition.verify import verify_or_raise
 
+    from distgnn.device import ray_worker_device
+
+    device = ray_worker_device(cfg.train.device, gpus_per_worker)  # before anything starts
     # Ray workers do not share the driver's working directory: hand them an absolute path.
     cfg.data.partitions = str(Path(cfg.data.partitions).resolve())
     manifest = verify_or_raise(cfg.data.partitions)
@@ -97,7 +100,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         loop_config = {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
                        "graph_shards": graph_shards, "emb": emb, "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
-                       "threads_per_worker": threads,
+                       "threads_per_worker": threads, "device": device,
                        "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size, num_workers)}
         use_gpu = gpus_per_worker > 0
         # A fresh Ray Train run name per invocation: a resumed job starts from our checkpoint

@@ -441,5 +441,9 @@ class RayGraphStore(GraphStore):
         return self._degrees[gids]
 
     def sample_block(self, seed_gids: torch.Tensor, fanout: int,
-                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
-        return self.sampler.sample_block(seed_gids, fanout, exclude)
+                     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     gen: torch.Generator | None = None):
+        # the draw a trainer thread would take from torch's global generator, from ``gen`` when
+        # given, so a background (prefetch) thread samples the same without touching the global one
+        rng_seed = None if gen is None else int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen).item())
+        return self.sampler.sample_block(seed_gids, fanout, exclude, rng_seed)

@@ -99,7 +99,12 @@ class RayTrainRuntime(Runtime):
 
         if trainer.dense_opt is None:  # no trainable dense weights (e.g. MF): nothing to all-reduce
             return
-        model = ray.train.torch.prepare_model(trainer.p.model, move_to_device=False)
+        device = trainer.p.device
+        check_backend_device(device)
+        # The model is already on its device (``build``); DDP gets that device (device_ids for
+        # cuda), never Ray's default guess, so nccl always sees the CUDA tensors it needs.
+        model = ray.train.torch.prepare_model(trainer.p.model,
+                                              move_to_device=device if device.type == "cuda" else False)
         if isinstance(model, DistributedDataParallel):
             model.register_comm_hook(self._allreduce, _timed_allreduce)
         trainer.forward_model = model
@@ -185,6 +190,30 @@ class RayTrainRuntime(Runtime):
         dist.barrier()
 
 
+def worker_device(kind: str) -> str:
+    """``cuda``: the GPU Ray Train assigned to this worker (``cuda:k``); else ``cpu``."""
+    if kind != "cuda":
+        return "cpu"
+    import ray.train.torch
+
+    dev = ray.train.torch.get_device()
+    dev = dev[0] if isinstance(dev, list) else dev
+    if dev.type != "cuda":
+        raise RuntimeError(f"this worker was given GPUs but Ray Train's device is {dev}; "
+                           f"check that torch sees CUDA here (distgnn doctor)")
+    return str(dev)
+
+
+def check_backend_device(device) -> None:
+    """nccl reduces CUDA tensors only: a CPU model under an nccl group is a wiring bug, not a
+    slow path, so it stops here with the reason."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_backend() == "nccl" and device.type != "cuda":
+        raise RuntimeError(f"the process group is nccl but the model is on {device}; "
+                           f"nccl never runs over CPU tensors (train.device must be cuda or auto)")
+
+
 def _timed_allreduce(state: dict, bucket):
     """DDP's default all-reduce (mean), timed from launch to completion."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -214,6 +243,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     cfg = config_from_dict(loop_config["config"], "config")
+    cfg.train.device = worker_device(loop_config.get("device", "cpu"))
     parts = assigned_parts(rank, ctx.get_world_size(), len(loop_config["graph_shards"]))
     graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_parts=parts,
                           timeout_s=loop_config["timeout_s"])
