@@ -214,7 +214,7 @@ def _contract_fine(graph: Graph, labels: np.ndarray, num_clusters: int, opts: As
                 rec[:, 2] = np.minimum(w, np.iinfo(np.int32).max)
                 rec = rec[order]
                 for j in np.flatnonzero(np.diff(bounds)):
-                    handles[j].write(rec[bounds[j]:bounds[j + 1]].tobytes())
+                    handles[j].write(rec[bounds[j]:bounds[j + 1]].data)
             bar.update(len(ind))
     finally:
         for h in handles:

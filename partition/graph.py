@@ -134,10 +134,10 @@ class _BucketFiles:
 
     def append(self, b: int, user: np.ndarray, item: np.ndarray, ts: np.ndarray | None) -> None:
         charge_write(user.nbytes + item.nbytes + (ts.nbytes if ts is not None else 0), self.names[b])
-        self._handle(b, "u").write(user.astype(np.int32, copy=False).tobytes())
-        self._handle(b, "i").write(item.astype(np.int32, copy=False).tobytes())
+        self._handle(b, "u").write(user.astype(np.int32, copy=False).data)
+        self._handle(b, "i").write(item.astype(np.int32, copy=False).data)
         if self.has_ts:
-            self._handle(b, "t").write(ts.astype(np.int64, copy=False).tobytes())
+            self._handle(b, "t").write(ts.astype(np.int64, copy=False).data)
         self.rows[b] += len(user)
 
     def close(self) -> None:
@@ -270,9 +270,9 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
             user_deg[u0:u0 + nb] += np.bincount(u - u0, minlength=nb)
             item_deg += np.bincount(i, minlength=num_items)
             charge_write(4 * len(i) + (8 * len(i) if has_ts else 0), str(ind_path))
-            ind_f.write(i.astype(np.int32).tobytes())
+            ind_f.write(i.astype(np.int32).data)
             if has_ts:
-                ts_f.write(t.astype(np.int64).tobytes())
+                ts_f.write(t.astype(np.int64).data)
             kept += len(u)
     finally:
         ind_f.close()
@@ -292,7 +292,7 @@ def build_graph(opts: IngestOptions, scratch: Scratch) -> tuple[Graph, HeldOutSp
 
     graph = Graph(scratch, num_users, num_items, kept, has_ts, user_map, item_map, rows, duplicates,
                   inp.files)
-    _transpose(graph, user_indptr, item_indptr, 4 * opts.memory_budget, hide)
+    _transpose(graph, user_indptr, item_indptr, 2 * opts.memory_budget, hide)
 
     carved = None
     if opts.valid_fraction > 0:
@@ -359,9 +359,9 @@ def _transpose(graph: Graph, user_indptr: np.ndarray, item_indptr: np.ndarray, b
                                                 lo, hi, cursor, base, out, out_ts)
                 bar.update(len(ind))
             charge_write(out.nbytes + out_ts.nbytes, str(ind_raw))
-            f_ind.write(out.tobytes())
+            f_ind.write(out.data)
             if graph.has_ts:
-                f_ts.write(out_ts.tobytes())
+                f_ts.write(out_ts.data)
             del out, out_ts
 
 

@@ -285,7 +285,7 @@ def _check_against_input(root: Path, manifest: dict, book: fmt.PartitionBook, tr
             order = np.argsort(part, kind="stable")
             bounds = np.searchsorted(part[order], np.arange(book.num_parts + 1))
             for p in np.flatnonzero(np.diff(bounds)):
-                handles[p].write(key[order[bounds[p]:bounds[p + 1]]].tobytes())
+                handles[p].write(key[order[bounds[p]:bounds[p + 1]]].data)
         for h in handles:
             h.close()
         for p in range(book.num_parts):
