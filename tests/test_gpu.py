@@ -94,5 +94,7 @@ def test_ray_training_on_cuda(tmp_path):
     assert summary["run_dir"] == str(tmp_path / "run")
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "device: auto" in saved
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    from distgnn.metrics import read_metrics
+
+    records = read_metrics(tmp_path / "run").records
     assert any(r["type"] == "train" and r["loss"] == r["loss"] for r in records)  # finite, not NaN

@@ -1,6 +1,5 @@
 """Prefetch (sampling on a background thread) must not change what is sampled or trained."""
 import itertools
-import json
 
 import pytest
 import torch
@@ -44,8 +43,9 @@ def test_prefetched_batches_equal_inline_sampling(tmp_path, parts_dir):
 
 
 def _losses(run_dir):
-    with open(run_dir / "metrics.jsonl") as f:
-        return [r["loss"] for r in map(json.loads, f) if r["type"] == "train"]
+    from distgnn.metrics import read_metrics
+
+    return [r["loss"] for r in read_metrics(run_dir).records if r["type"] == "train"]
 
 
 def test_training_and_resume_identical_with_prefetch(tmp_path, parts_dir):
