@@ -45,12 +45,12 @@ BASE_RSS = 300 * 2**20                 # interpreter, numpy, pyarrow, numba and 
 INMEM_BYTES_PER_EDGE = 130             # METIS on the whole graph, per interaction (2 directed edges)
 INMEM_BYTES_PER_NODE = 150
 ML_BYTES_PER_NODE = 100                # labels, weights, ratings, gid map (plus 1 byte/part: halo maps)
-ML_CHUNK_BYTES = 40                    # per streamed CSR entry
+ML_CHUNK_BYTES = 20                    # per streamed CSR entry
 INMEM_SECONDS_PER_EDGE = 1.2e-6        # assign stage, METIS on the whole graph (10M: 9.5 s)
 ML_SECONDS_PER_EDGE = 0.95e-6          # assign stage on graphs past the CPU caches (100M: 0.96, 1B: 0.93)
 INGEST_SECONDS_PER_ROW = 0.28e-6       # two scans, buckets, dedup, transpose (10M..1B: 0.27-0.34)
 DISPATCH_SECONDS_PER_EDGE = 0.36e-6    # streamed shards and checksums (100M: 0.38, 1B: 0.35)
-START_SECONDS = 2.0
+START_SECONDS = 1.5
 OUTPUT_BYTES_PER_EDGE = 11.5           # snappy Parquet shards + id maps (measured at 10M)
 SCRATCH_BYTES_PER_ROW = 8              # int32 user + item per input row in the buckets
 SCRATCH_BYTES_PER_NODE = 16            # the two indptr arrays
@@ -155,8 +155,8 @@ def path_estimates(num_nodes: int, num_edges: int, num_parts: int, chunk_entries
 
 def _cache_factor(num_nodes: int) -> float:
     """Label propagation's random accesses cost less while the node arrays fit the CPU caches:
-    measured 0.59 us per edge at 0.8M nodes, 0.96 at 8M, 0.93 at 80M."""
-    return float(np.clip(0.6 + 0.4 * np.log10(max(num_nodes, 1) / 1e6), 0.6, 1.0))
+    measured 0.40 us per edge at 0.8M nodes, 0.96 at 8M, 0.93 at 80M."""
+    return float(np.clip(0.4 + 0.6 * np.log10(max(num_nodes, 1) / 0.8e6), 0.4, 1.0))
 
 
 def chunk_entries_for(limit: int) -> int:
@@ -181,7 +181,8 @@ def estimate(rows: int, num_nodes: int, num_parts: int, limit: int, metis_path: 
             path, why = "none", str(exc)
         p = paths.get(path, paths["multilevel"])
         rss, assign_s = p["peak_rss_bytes"], p["assign_seconds"]
-    ingest_rss = BASE_RSS + 5 * num_nodes + limit // 16
+    # ingest: id maps (5 bytes per possible id), one bucket (~48 bytes per row) or the transpose buffer
+    ingest_rss = BASE_RSS + 5 * num_nodes + max(min(limit // 16, 48 * rows), min(limit // 8, 4 * edges))
     return {
         "rows": rows, "num_nodes_estimate": num_nodes, "num_parts": num_parts, "method": method,
         "memory_limit": limit, "path": path, "why": why,
