@@ -255,6 +255,19 @@ def quality(parts: list[dict], cut: int, num_edges: int, num_nodes: int) -> dict
     }
 
 
+def _warn_if_disk_short(opts: CreateOptions, out: Path, scratch_root: Path, limit: int) -> None:
+    """One warning line when the estimate says the disks will not hold scratch and output."""
+    from partition.scratch import free_bytes
+
+    rows = ingest.count_rows(opts.train)[0]
+    est = estimate(rows, max(1, rows // 12), opts.num_parts, limit, "multilevel")
+    for where, need in ((scratch_root.parent, est["scratch_bytes"]), (out.resolve().parent, est["output_bytes"])):
+        free = free_bytes(where)
+        if free < need:
+            print(f"partition create: warning: {where} has {human_bytes(free)} free, the run may need about "
+                  f"{human_bytes(need)} there (--tmp-dir moves the scratch)", file=sys.stderr)
+
+
 def _test_delay(stage: str) -> None:
     """``DISTGNN_TEST_STAGE_DELAY=stage:seconds`` pauses before a stage (tests send signals then)."""
     spec = os.environ.get("DISTGNN_TEST_STAGE_DELAY", "")
@@ -281,6 +294,7 @@ def create(opts: CreateOptions) -> dict[str, Any]:
     for path in (opts.valid, opts.test):
         fp_parts.append(_fingerprint(ingest.open_input(path).files) if path else "-")
     fingerprint = hashlib.sha256("|".join(fp_parts).encode()).hexdigest()[:16]
+    _warn_if_disk_short(opts, out, _scratch_root(opts, out), limit)
     scratch = Scratch(_scratch_root(opts, out), fingerprint, opts.resume)
     reset_write_budget()
     try:

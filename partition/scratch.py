@@ -64,11 +64,14 @@ class Scratch:
             if not marker.is_file():
                 raise UserError(f"scratch directory {root} exists but was not made by distgnn; "
                                 f"remove it yourself or pass another --tmp-dir")
+            owner = _owner_pid(marker)
+            if owner and owner != os.getpid() and _alive(owner):
+                raise UserError(f"another 'distgnn partition create' (pid {owner}) is using {root}; wait "
+                                f"for it, or write to another --out")
             if not resume:
-                shutil.rmtree(root)  # ours (marker checked): an earlier run's leftovers
+                shutil.rmtree(root)  # ours (marker checked) and its owner is gone: leftovers
         root.mkdir(parents=True, exist_ok=True)
-        if not marker.is_file():
-            marker.write_text(json.dumps({"made_by": "distgnn partition create", "pid": os.getpid()}))
+        marker.write_text(json.dumps({"made_by": "distgnn partition create", "pid": os.getpid()}))
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -143,6 +146,23 @@ class Scratch:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _owner_pid(marker: Path) -> int | None:
+    try:
+        return int(json.loads(marker.read_text()).get("pid"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_bytes(path: Path) -> int:

@@ -289,3 +289,25 @@ def test_graph_build_in_many_buckets_and_transpose_passes(tmp_path):
     want_ts = np.array([first[(a, b)] for a, b in zip(uu, ii)])
     assert np.array_equal(scratch.load("user_ts.npy"), want_ts)
     assert np.array_equal(scratch.load("item_ts.npy"), want_ts[order])
+
+
+def test_scratch_in_use_by_a_live_run_is_refused(gen1m, tmp_path, capsys):
+    out = tmp_path / "parts"
+    scratch = tmp_path / ".parts.partition-scratch"
+    scratch.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (scratch / "scratch.json").write_text(json.dumps({"made_by": "distgnn partition create",
+                                                          "pid": sleeper.pid}))
+        rc = main(["partition", "create", "--train", str(gen1m / "train"), "--num-parts", "2", "--out",
+                   str(out), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and f"pid {sleeper.pid}" in err, err
+        assert (scratch / "scratch.json").is_file()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # once its owner is gone, the leftover scratch is ours to replace
+    assert main(["partition", "create", "--train", str(gen1m / "train"), "--num-parts", "2", "--out",
+                 str(out), "--quiet"]) == 0
+    assert not scratch.exists()
