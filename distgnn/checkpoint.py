@@ -8,7 +8,8 @@ RUN/checkpoints/step-000001234/
     embeddings/user.parquet, embeddings/item.parquet
                           orig_id + embedding rows + sparse optimizer state, keyed by orig id
     COMMITTED             written last: a directory without it is ignored
-RUN/checkpoints/best.json {"checkpoint": "step-...", "metric", "value"} (atomic replace)
+RUN/checkpoints/best.json {"checkpoint": "step-...", "metric", "value", "split"} (atomic replace):
+                          the checkpoint selected on the validation split ``split``
 ```
 The directory is built under a hidden temporary name, the marker is written inside it, and it is
 renamed into place; older checkpoints beyond ``keep`` are pruned (the best one is kept).
@@ -47,17 +48,23 @@ def latest(run_dir: str | Path) -> Path | None:
     return c[-1] if c else None
 
 
-def best(run_dir: str | Path) -> Path | None:
+def best_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """best.json with ``path`` added, if it names a committed checkpoint; else None."""
     f = ckpt_root(run_dir) / "best.json"
     if f.is_file():
         try:
-            name = json.loads(f.read_text())["checkpoint"]
-        except (ValueError, KeyError):
+            rec = json.loads(f.read_text())
+            p = ckpt_root(run_dir) / rec["checkpoint"]
+        except (ValueError, KeyError, TypeError):
             return None
-        p = ckpt_root(run_dir) / name
         if (p / MARKER).is_file():
-            return p
+            return {**rec, "path": p}
     return None
+
+
+def best(run_dir: str | Path) -> Path | None:
+    rec = best_record(run_dir)
+    return rec["path"] if rec else None
 
 
 def for_inference(run_dir: str | Path) -> Path:
@@ -90,10 +97,11 @@ def write(run_dir: str | Path, global_step: int, meta: dict[str, Any], dense: di
     return final
 
 
-def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float) -> None:
+def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float, split: str = "valid") -> None:
+    """Record ``ckpt`` as the selected checkpoint: best ``metric`` (= ``value``) on ``split``."""
     f = ckpt_root(run_dir) / "best.json"
     tmp = f.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"checkpoint": ckpt.name, "metric": metric, "value": value}))
+    tmp.write_text(json.dumps({"checkpoint": ckpt.name, "metric": metric, "value": value, "split": split}))
     os.replace(tmp, f)
 
 

@@ -48,11 +48,12 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.ps import RayEmbeddingStore
     from distgnn.ray_runtime.worker import steps_per_epoch, train_loop_per_worker
-    from partition.verify import verify_or_raise
 
     # Ray workers do not share the driver's working directory: hand them an absolute path.
     cfg.data.partitions = str(Path(cfg.data.partitions).resolve())
-    manifest = verify_or_raise(cfg.data.partitions)
+    # only the files training reads: the test split is not one of them (it may be absent)
+    manifest = fmt.load_manifest(cfg.data.partitions)
+    fmt.check_files(cfg.data.partitions, manifest, fmt.graph_files(manifest))
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
     if not 1 <= num_workers <= book.num_parts:
