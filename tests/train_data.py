@@ -64,3 +64,13 @@ def partitioned(tmp: Path, num_parts: int = 2, method: str = "random", valid: bo
     create(CreateOptions(train=str(train), test=str(test), valid=str(tmp / "raw" / "valid.parquet") if valid else None,
                          out=str(out), num_parts=num_parts, method=method, progress=False))
     return out
+
+
+def move_test_split_away(parts: Path, tmp: Path) -> Path:
+    """Move targets/test.parquet out of a partition directory (a moved file cannot be read by
+    anyone, root included, unlike one without read permission); returns where it went."""
+    import shutil
+
+    away = tmp / "test-split-away.parquet"
+    shutil.move(parts / "targets" / "test.parquet", away)
+    return away
