@@ -331,9 +331,9 @@ class Trainer:
         cfg, rt = self.cfg, runtime or Runtime()
         restored = rt.prepare(self, resume)
         if cfg.train.eval_every and cfg.eval.split not in self.p.graph.manifest.get("heldout", {}):
+            how = ("--valid-fraction 0.1 (or --valid PATH)" if cfg.eval.split == "valid" else "--test PATH")
             raise UserError(f"{self.p.graph.root} has no '{cfg.eval.split}' held-out split for validation; "
-                            f"partition with --{cfg.eval.split}, or set eval.split=test, "
-                            f"or train.eval_every=0")
+                            f"partition with {how}, or set train.eval_every=0 to train without validation")
         max_steps = cfg.train.max_steps
         wall0 = time.perf_counter()
         last_ckpt_step = self.global_step if restored else -1
