@@ -8,7 +8,8 @@ RUN/checkpoints/step-000001234/
     embeddings/user.parquet, embeddings/item.parquet
                           orig_id + embedding rows + sparse optimizer state, keyed by orig id
     COMMITTED             written last: a directory without it is ignored
-RUN/checkpoints/best.json {"checkpoint": "step-...", "metric", "value"} (atomic replace)
+RUN/checkpoints/best.json {"checkpoint": "step-...", "metric", "value", "split"} (atomic replace):
+                          the checkpoint selected on the validation split ``split``
 ```
 The directory is built under a hidden temporary name (``distgnn.atomic.AtomicDir``), the marker is
 written inside it, every file is fsynced, and it is renamed into place; older checkpoints beyond
@@ -50,24 +51,30 @@ def latest(run_dir: str | Path) -> Path | None:
     return c[-1] if c else None
 
 
-def best(run_dir: str | Path, warn: bool = False) -> Path | None:
-    """The checkpoint ``best.json`` names, if it is committed; None without one. With ``warn``, a
-    ``best.json`` that cannot be read, or names a missing checkpoint, is reported on stderr."""
+def best_record(run_dir: str | Path, warn: bool = False) -> dict[str, Any] | None:
+    """``best.json`` with ``path`` added, if it names a committed checkpoint; None without one.
+    With ``warn``, a ``best.json`` that cannot be read, or names a missing checkpoint, is reported
+    on stderr (the caller then falls back to the latest checkpoint)."""
     f = ckpt_root(run_dir) / "best.json"
     if not f.is_file():
         return None
-    problem = None
     try:
-        name = json.loads(f.read_text())["checkpoint"]
+        rec = json.loads(f.read_text())
+        name = rec["checkpoint"]
         p = ckpt_root(run_dir) / str(name)
         if (p / MARKER).is_file():
-            return p
+            return {**rec, "path": p}
         problem = f"names {name!r}, which is not a committed checkpoint"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         problem = f"is unreadable ({type(exc).__name__})"
     if warn:
         print(f"distgnn: warning: {f} {problem}; using the latest checkpoint instead", file=sys.stderr)
     return None
+
+
+def best(run_dir: str | Path, warn: bool = False) -> Path | None:
+    rec = best_record(run_dir, warn)
+    return rec["path"] if rec else None
 
 
 def for_inference(run_dir: str | Path) -> Path:
@@ -95,9 +102,10 @@ def write(run_dir: str | Path, global_step: int, meta: dict[str, Any], dense: di
     return final
 
 
-def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float) -> None:
+def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float, split: str = "valid") -> None:
+    """Record ``ckpt`` as the selected checkpoint: best ``metric`` (= ``value``) on ``split``."""
     atomic.write_json(ckpt_root(run_dir) / "best.json",
-                      {"checkpoint": ckpt.name, "metric": metric, "value": value}, indent=None)
+                      {"checkpoint": ckpt.name, "metric": metric, "value": value, "split": split}, indent=None)
 
 
 def prune(run_dir: str | Path, keep: int) -> None:

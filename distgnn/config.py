@@ -45,6 +45,9 @@ class ModelConfig(_Strict):
     layer_combine: Literal["last", "mean"] = Field(
         "mean", description="mean: average the embeddings of layers 0..L (LightGCN)")
     bias: bool = False
+    attention: Literal["learned", "uniform"] = Field(
+        "learned", description="uniform: attention logits frozen at zero, so every neighbour gets the "
+                               "same weight (the ablation that shows what learned attention buys)")
     score: Literal["dot", "cosine"] = Field(
         "dot", description="link score: dot product, or cosine (embeddings L2-normalised before "
                            "scoring, ranking and export)")
@@ -106,13 +109,27 @@ class TrainConfig(_Strict):
                                                "and samples; 0 = uniform over the whole catalogue)")
     shared_negatives: bool = Field(False, description="draw num_negatives items once per minibatch "
                                                       "and score every positive against all of them")
-    loss: Literal["bpr", "bce", "softmax"] = Field(
-        "bpr", description="softmax: sampled-softmax (InfoNCE) over the positive and its negatives")
+    loss: Literal["bpr", "bce", "softmax", "ccl"] = Field(
+        "bpr", description="softmax: sampled-softmax (InfoNCE) over the positive and its negatives; "
+                           "ccl: SimpleX's cosine contrastive loss (needs model.score: cosine, "
+                           "ccl_margin and ccl_negative_weight)")
     temperature: float = Field(0.1, gt=0, description="softmax loss temperature")
+    ccl_margin: Optional[float] = Field(
+        None, ge=-1.0, lt=1.0, description="ccl: negatives with cosine below this cost nothing "
+                                          "(SimpleX uses about 0.9 on Gowalla)")
+    ccl_negative_weight: Optional[float] = Field(
+        None, gt=0, description="ccl: weight of the mean negative term against the positive one "
+                                "(SimpleX uses about 150 with 1,000 negatives)")
     l2: float = Field(1e-4, ge=0.0, description="L2 on the layer-0 embeddings of the batch")
     dense_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the GAT weights")
     lr_decay: float = Field(1.0, gt=0, le=1.0, description="both learning rates are multiplied by "
                                                          "this after every epoch")
+    lr_schedule: Literal["fixed", "plateau"] = Field(
+        "fixed", description="plateau: also multiply both learning rates by lr_plateau_factor after "
+                             "lr_plateau_patience validations without a better Recall@K")
+    lr_plateau_factor: float = Field(0.1, gt=0, lt=1.0)
+    lr_plateau_patience: int = Field(1, gt=0, description="validations without improvement before "
+                                                          "the learning rates are reduced")
     seed: int = 0
     threads: int = Field(2, gt=0)
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
@@ -137,6 +154,19 @@ class TrainConfig(_Strict):
                 raise ValueError(f"fanouts must be positive or -1 (all neighbours), got {f}")
         return self
 
+    @model_validator(mode="after")
+    def _check_loss_options(self) -> "TrainConfig":
+        if self.loss == "ccl":
+            hints = {"ccl_margin": "0.9", "ccl_negative_weight": "150"}  # SimpleX on Gowalla
+            missing = [k for k in hints if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"loss 'ccl' needs {' and '.join(missing)}; set e.g. "
+                                 + ", ".join(f"train.{k}: {hints[k]}" for k in missing))
+        if self.lr_schedule == "plateau" and self.eval_every == 0:
+            raise ValueError("lr_schedule 'plateau' reacts to validation, but eval_every is 0; "
+                             "set train.eval_every to 1 or more, or lr_schedule: fixed")
+        return self
+
 
 class EvalConfig(_Strict):
     k: int = Field(20, gt=0)
@@ -158,6 +188,9 @@ class Config(_Strict):
         if len(self.train.fanouts) != self.model.layers:
             raise ValueError(f"train.fanouts has {len(self.train.fanouts)} entries but model.layers "
                              f"is {self.model.layers}; give one fanout per layer")
+        if self.train.loss == "ccl" and self.model.score != "cosine":
+            raise ValueError("train.loss 'ccl' is defined on cosine scores; set model.score: cosine "
+                             "(so ranking uses the same scores)")
         return self
 
     def to_yaml(self) -> str:

@@ -4,7 +4,10 @@
    of ``node_batch`` (each chunk a full-neighbour block), so memory is O(nodes * dim) rather than
    the L-hop neighbourhood explosion of sampled inference.
 2. ``rank_topk``: for users in blocks of ``user_batch``, scores against every item, the user's
-   training items masked out, top-K kept; memory is O(user_batch * num_items).
+   known items masked out, top-K kept; memory is O(user_batch * num_items). Which items are known
+   is the LightGCN protocol applied to a train/valid/test split (``MASKED_SPLITS``): ranking for
+   validation masks the training interactions; ranking for test masks training and validation
+   interactions (both were seen before test time, so neither may count as a hit nor take a slot).
 3. ``ranking_metrics``: per-user metrics averaged over users with at least one held-out item.
    Definitions follow the LightGCN/NGCF evaluation code:
    - Recall@K = hits in top-K / number of held-out items of the user;
@@ -156,23 +159,41 @@ def ranking_metrics(top_items: torch.Tensor, test_indptr: torch.Tensor, test_ite
     return out
 
 
+# Held-out splits whose interactions are masked, besides the training ones, when ranking for a split.
+MASKED_SPLITS = {"valid": (), "test": ("valid",)}
+
+
 class Evaluator:
-    """Holds the id space, training sets (to mask) and held-out sets of a partition directory."""
+    """Holds the id space, the known interactions to mask and the held-out set of one split.
+
+    ``train_indptr``/``train_items`` is the mask: the training interactions, plus, per
+    ``MASKED_SPLITS``, the held-out splits that precede ``split`` (for test: validation, if the
+    partition directory has one). ``item_degree`` (novelty) counts training interactions only.
+    Only the files of ``split`` and of the splits it masks are opened: validation during training
+    never reads ``targets/test.parquet``."""
 
     def __init__(self, graph: GraphStore, split: str):
         self.graph = graph
         self.ids = IdSpace.from_book(graph.book)
         self.num_users, self.num_items = len(self.ids.user_gids), len(self.ids.item_gids)
         u, i = self._all_train_interactions(graph)
-        self.train_indptr, self.train_items = csr_by_user(self.ids.user_index(u), self.ids.item_index(i),
-                                                          self.num_users)
         self.item_degree = torch.bincount(self.ids.item_index(i), minlength=self.num_items)
         self.split = split
-        tu, ti = fmt.read_targets(graph.root, split)
-        tu_idx = self.ids.user_index(torch.from_numpy(np.array(tu)))
-        self.test_indptr, self.test_items = csr_by_user(tu_idx, self.ids.item_index(torch.from_numpy(np.array(ti))),
+        self.masked_splits = tuple(s for s in MASKED_SPLITS[split] if s in graph.manifest.get("heldout", {}))
+        for s in self.masked_splits:
+            mu, mi = self._targets(graph, s)
+            u, i = torch.cat([u, mu]), torch.cat([i, mi])
+        self.train_indptr, self.train_items = csr_by_user(self.ids.user_index(u), self.ids.item_index(i),
+                                                          self.num_users)
+        tu, ti = self._targets(graph, split)
+        self.test_indptr, self.test_items = csr_by_user(self.ids.user_index(tu), self.ids.item_index(ti),
                                                         self.num_users)
         self.eval_users = torch.nonzero(self.test_indptr[1:] > self.test_indptr[:-1]).flatten()
+
+    @staticmethod
+    def _targets(graph: GraphStore, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        tu, ti = fmt.read_targets(graph.root, split)
+        return torch.from_numpy(np.array(tu, np.int64)), torch.from_numpy(np.array(ti, np.int64))
 
     @staticmethod
     def _all_train_interactions(graph: GraphStore):

@@ -166,7 +166,39 @@ def read_part_nodes(root: str | Path, part_id: int) -> tuple[np.ndarray, np.ndar
     return t.column("gid").to_numpy(), t.column("owned").to_numpy(zero_copy_only=False)
 
 
+def graph_files(manifest: dict[str, Any]) -> list[str]:
+    """The files training reads: id maps, and every partition's nodes and edges.
+
+    Held-out targets are not among them: training opens only the validation split, through
+    ``read_targets``, and never ``targets/test.parquet``."""
+    files = [id_map_path(t) for t in NTYPES]
+    for p in range(len(manifest["parts"])):
+        files += [nodes_path(p), edges_path(p)]
+    return files
+
+
+def check_files(root: str | Path, manifest: dict[str, Any], relpaths: list[str]) -> None:
+    """Cheap verification of the files a reader is about to use: each exists with the size the
+    manifest records. (The full sha256 check is 'distgnn partition verify'.) Checking only what
+    is read keeps a reader independent of files it never opens, e.g. training of the test split."""
+    root = Path(root)
+    listed = manifest.get("files", {})
+    for rel in relpaths:
+        path = root / rel
+        if not path.is_file():
+            raise UserError(f"{root}: {rel} is listed in the manifest but missing; the partition "
+                            f"directory is damaged, re-run 'distgnn partition create'")
+        size = listed.get(rel, {}).get("bytes")
+        if size is not None and path.stat().st_size != size:
+            raise UserError(f"{root}: {rel} has {path.stat().st_size} bytes, the manifest says "
+                            f"{size}; run 'distgnn partition verify {root}' or re-partition")
+
+
 def read_targets(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(user_gid, item_gid) of a held-out split."""
+    """(user_gid, item_gid) of a held-out split; a clear error if its file is gone."""
+    path = Path(root) / targets_path(split)
+    if not path.is_file():
+        raise UserError(f"{root}: {targets_path(split)} is missing, but reading the '{split}' split "
+                        f"needs it; put the file back (or re-run 'distgnn partition create')")
     t = read_table(root, targets_path(split), ["user_gid", "item_gid"])
     return t.column("user_gid").to_numpy(), t.column("item_gid").to_numpy()

@@ -9,11 +9,17 @@ is one ``GATConv`` on a DGL block. Borrowed from LightGCN, all configurable (``M
 - ``edge_norm: sym``: attention is multiplied by ``sqrt(deg_dst/deg_src)``; with uniform attention
   (``attn_init: zero``) that is exactly LightGCN's ``1/sqrt(deg_src*deg_dst)`` (and with sampled
   neighbours an unbiased estimate of it); attention then learns to deviate from it;
-- ``layer_combine: mean``: the output is the mean of layers 0..L.
+- ``layer_combine: mean``: the output is the mean of layers 0..L;
+- ``attention: uniform``: the attention vectors are frozen at zero, so every neighbour gets the
+  same weight (the ablation of learned attention; with ``edge_norm: sym`` this is LightGCN's
+  propagation inside the same GATConv code).
 
 The same ``layer()`` method serves training (sampled blocks) and layer-wise full inference.
 """
 from __future__ import annotations
+
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -67,9 +73,12 @@ class GATRec(nn.Module):
                     nn.init.eye_(w[h])
             if cfg.transform == "identity" and in_dim == cfg.hidden:
                 conv.fc = RepeatHeads(cfg.heads)
-        if cfg.attn_init == "zero":
+        if cfg.attn_init == "zero" or cfg.attention == "uniform":
             nn.init.zeros_(conv.attn_l)
             nn.init.zeros_(conv.attn_r)
+        if cfg.attention == "uniform":  # logits stay 0: softmax gives every in-neighbour 1/deg
+            conv.attn_l.requires_grad_(False)
+            conv.attn_r.requires_grad_(False)
         res = getattr(conv, "res_fc", None)
         if isinstance(res, nn.Linear) and cfg.transform != "learned":
             with torch.no_grad():
@@ -131,4 +140,24 @@ def bce_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
             + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
 
 
-LOSSES = {"bpr": bpr_loss, "bce": bce_loss, "softmax": softmax_loss}
+def ccl_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float, negative_weight: float) -> torch.Tensor:
+    """SimpleX's cosine contrastive loss on cosine scores pos [B], neg [B, k]:
+    mean over positives of (1 - pos) + negative_weight * mean_k relu(neg_k - margin).
+
+    The margin ignores negatives that are already far (the many easy ones), and the weight
+    balances a single positive against k negatives; together they keep a large negative pool
+    from drowning the positive term (why plain cosine softmax lost NDCG to popular items)."""
+    return ((1.0 - pos) + negative_weight * F.relu(neg - margin).mean(1)).mean()
+
+
+LOSSES = {"bpr": bpr_loss, "bce": bce_loss, "softmax": softmax_loss, "ccl": ccl_loss}
+
+
+def make_loss(train) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(pos, neg)`` for a ``TrainConfig``, its options bound (the config validated them)."""
+    fn = LOSSES[train.loss]
+    if train.loss == "softmax":
+        return partial(fn, temperature=train.temperature)
+    if train.loss == "ccl":
+        return partial(fn, margin=train.ccl_margin, negative_weight=train.ccl_negative_weight)
+    return fn

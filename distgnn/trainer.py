@@ -124,9 +124,9 @@ def check_eval_split(cfg: Config, manifest: dict, root) -> None:
     """Validation needs its held-out split; checked before training (and before ``--overwrite``
     removes an old run)."""
     if cfg.train.eval_every and cfg.eval.split not in manifest.get("heldout", {}):
+        how = ("--valid-fraction 0.1 (or --valid PATH)" if cfg.eval.split == "valid" else "--test PATH")
         raise UserError(f"{root} has no '{cfg.eval.split}' held-out split for validation; "
-                        f"partition with --{cfg.eval.split}, or set eval.split=test, "
-                        f"or train.eval_every=0")
+                        f"partition with {how}, or set train.eval_every=0 to train without validation")
 
 
 class Runtime:
@@ -203,8 +203,8 @@ class Trainer:
         self.forward_model = self.p.model
         from distgnn.device import HostToDevice
         self._h2d = HostToDevice(self.p.device)  # per-step host -> device copies (pinned, non-blocking)
-        from distgnn.model import LOSSES
-        self.loss_fn = LOSSES[cfg.train.loss]
+        from distgnn.model import make_loss
+        self.loss_fn = make_loss(cfg.train)
         self.use_norm = cfg.model.edge_norm == "sym" and cfg.model.layers > 0
         if self.use_norm:
             self._sqrt_deg = g.degrees(torch.arange(g.num_nodes)).clamp(min=1).to(torch.float32).sqrt()
@@ -216,6 +216,7 @@ class Trainer:
         self.best_value: float | None = None
         self.bad_evals = 0
         self.stopped_early = False
+        self.lr_scale = 1.0  # lr_schedule 'plateau': product of the reductions so far
         self._evaluator = None
         self.rank = 0  # the metrics file written (the runtime's rank, set in train())
         self.warnings: list[str] = []  # written as ``warning`` records once the run has started
@@ -244,8 +245,7 @@ class Trainer:
         pos, neg = link_scores(h[user_pos], h[pos_pos],
                                h[neg_pos[0]] if self.sampler.shared_negatives else h[neg_pos],
                                cfg.model.score == "cosine")
-        loss = (self.loss_fn(pos, neg, cfg.train.temperature) if cfg.train.loss == "softmax"
-                else self.loss_fn(pos, neg))
+        loss = self.loss_fn(pos, neg)
         t3 = time.perf_counter()
         if self.dense_opt is not None:
             self.dense_opt.zero_grad(set_to_none=True)
@@ -279,8 +279,9 @@ class Trainer:
         return float(loss.detach())
 
     def _set_lr(self, epoch: int) -> None:
-        """Learning rates are a function of the epoch (so a resumed run uses the same ones)."""
-        factor = self.cfg.train.lr_decay ** epoch
+        """Learning rates are a function of the epoch and the plateau reductions so far, both in
+        the checkpoint (so a resumed run uses the same ones)."""
+        factor = self.cfg.train.lr_decay ** epoch * self.lr_scale
         self.p.emb.lr = self.cfg.embedding.lr * factor
         if self.dense_opt is not None:
             for group in self.dense_opt.param_groups:
@@ -300,7 +301,7 @@ class Trainer:
     def _meta(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "train_seconds": self.train_seconds, "best_value": self.best_value,
-                "bad_evals": self.bad_evals, "stopped_early": self.stopped_early,
+                "bad_evals": self.bad_evals, "stopped_early": self.stopped_early, "lr_scale": self.lr_scale,
                 "config": self.cfg.model_dump(mode="json")}
 
     def save(self) -> Path:
@@ -330,6 +331,7 @@ class Trainer:
         self.global_step, self.train_seconds = meta["global_step"], meta["train_seconds"]
         self.best_value, self.bad_evals = meta["best_value"], meta["bad_evals"]
         self.stopped_early = meta.get("stopped_early", False)
+        self.lr_scale = meta.get("lr_scale", 1.0)
 
     # --- the loop -------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -409,7 +411,7 @@ class Trainer:
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
                 if rt.is_chief:
                     improved = self._validate_and_track(rt, wall0)
-                self.stopped_early = rt.agree(self.stopped_early)
+                self.stopped_early, self.lr_scale = rt.agree((self.stopped_early, self.lr_scale))
             epoch_record = {"epoch": self.epoch, "step": self.global_step,
                             "loss": epoch_loss / max(epoch_steps, 1)}
             self._commit(rt, epoch_record, improved)
@@ -436,9 +438,11 @@ class Trainer:
             self.bad_evals += 1
             if cfg.train.patience and self.bad_evals >= cfg.train.patience:
                 self.stopped_early = True
+            if cfg.train.lr_schedule == "plateau" and self.bad_evals % cfg.train.lr_plateau_patience == 0:
+                self.lr_scale *= cfg.train.lr_plateau_factor  # applied from the next epoch on
         self._log({"type": "valid", "split": cfg.eval.split, "epoch": self.epoch,
                    "step": self.global_step, "train_seconds": self.train_seconds,
-                   "wall_seconds": time.perf_counter() - wall0, **metrics})
+                   "wall_seconds": time.perf_counter() - wall0, "lr_scale": self.lr_scale, **metrics})
         print(f"epoch {self.epoch}: {cfg.eval.split} {key}={value:.4f} "
               f"ndcg@{cfg.eval.k}={metrics[f'ndcg@{cfg.eval.k}']:.4f}"
               + (" (best)" if improved else ""), file=sys.stderr)
@@ -450,7 +454,8 @@ class Trainer:
         if rt.is_chief:
             path = self.save()
             if improved:
-                ckpt.mark_best(self.run_dir, path, f"recall@{self.cfg.eval.k}", self.best_value)
+                ckpt.mark_best(self.run_dir, path, f"recall@{self.cfg.eval.k}", self.best_value,
+                               self.cfg.eval.split)
             self._log({"type": "checkpoint", **record})
         rt.report(self, record, path)
 

@@ -51,14 +51,15 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     from distgnn.ray_runtime.ps import RayEmbeddingStore
     from distgnn.ray_runtime.worker import steps_per_epoch, train_loop_per_worker
     from distgnn.trainer import check_eval_split
-    from partition.verify import verify_or_raise
 
     from distgnn.device import ray_worker_device
 
     device = ray_worker_device(cfg.train.device, gpus_per_worker)  # before anything starts
     # Ray workers do not share the driver's working directory: hand them an absolute path.
     cfg.data.partitions = str(Path(cfg.data.partitions).resolve())
-    manifest = verify_or_raise(cfg.data.partitions)
+    # only the files training reads: the test split is not one of them (it may be absent)
+    manifest = fmt.load_manifest(cfg.data.partitions)
+    fmt.check_files(cfg.data.partitions, manifest, fmt.graph_files(manifest))
     check_eval_split(cfg, manifest, cfg.data.partitions)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers

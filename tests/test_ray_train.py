@@ -16,7 +16,7 @@ from distgnn import checkpoint as ckpt
 from distgnn.cli import main
 from distgnn.metrics import read_metrics
 from tests.train_cfg import small_config
-from tests.train_data import partitioned
+from tests.train_data import move_test_split_away, partitioned
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -155,3 +155,19 @@ def test_more_workers_than_partitions_is_one_line(ray_cluster, data, tmp_path, c
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--num-workers 3" in err[0] and "between 1 and 2" in err[0]
+
+
+def test_two_workers_train_without_the_test_split(ray_cluster, data, tmp_path):
+    """Training (shards, workers, rank 0's validation) never needs targets/test.parquet."""
+    import shutil
+
+    parts = tmp_path / "parts"
+    shutil.copytree(data["parts"], parts)
+    move_test_split_away(parts, tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(data["cfg"]), "--partitions", str(parts), "--backend", "ray",
+                 "--num-workers", "2", "--epochs", "2", "--out", str(run)]) == 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in recs if r["type"] == "valid"] == [(1, "valid"), (2, "valid")]
+    assert ckpt.best(run) is not None
+    assert not (parts / "targets" / "test.parquet").exists()

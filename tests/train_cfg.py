@@ -13,7 +13,7 @@ def small_config(tmp: Path, partitions: Path, **sections) -> Path:
         "embedding": {"optimizer": "adam", "lr": 0.05},
         "train": {"epochs": 2, "batch_size": 128, "fanouts": [5, 5], "num_negatives": 2,
                   "eval_every": 0, "log_every": 5, "threads": 2, "progress": False},
-        "eval": {"split": "test"},
+        "eval": {"split": "valid"},
     }
     for sec, vals in sections.items():
         cfg.setdefault(sec, {}).update(vals)

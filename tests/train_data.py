@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 
 def planted(out: Path, num_users: int = 300, num_items: int = 200, communities: int = 5,
             per_user: int = 15, p_in: float = 0.9, test_fraction: float = 0.2, seed: int = 0,
-            string_ids: bool = False) -> tuple[Path, Path]:
+            string_ids: bool = False, valid_fraction: float = 0.0) -> tuple[Path, Path]:
+    """Write train.parquet and test.parquet (and, with ``valid_fraction``, valid.parquet: that
+    share of the training interactions, disjoint from both) under ``out``."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     user_c = rng.integers(0, communities, num_users)
@@ -43,18 +45,32 @@ def planted(out: Path, num_users: int = 300, num_items: int = 200, communities: 
     def ids(x, prefix):
         return pa.array([f"{prefix}{v}" for v in x]) if string_ids else pa.array(x * 7 + 3)
 
-    for name, mask in (("train", ~test), ("test", test)):
+    valid = ~test & ~first & (rng.random(len(u)) < valid_fraction) if valid_fraction else np.zeros_like(test)
+    splits = [("train", ~test & ~valid), ("test", test)] + ([("valid", valid)] if valid_fraction else [])
+    for name, mask in splits:
         pq.write_table(pa.table({"user_id": ids(u[mask], "u"), "item_id": ids(i[mask], "i")}),
                        out / f"{name}.parquet")
     return out / "train.parquet", out / "test.parquet"
 
 
-def partitioned(tmp: Path, num_parts: int = 2, method: str = "random", valid: bool = False, **kw) -> Path:
-    """Generate planted data and partition it with the project's partitioner."""
+def partitioned(tmp: Path, num_parts: int = 2, method: str = "random", valid: bool = True, **kw) -> Path:
+    """Generate planted data and partition it with the project's partitioner; ``valid``: with a
+    validation split (10% of the training interactions, through ``--valid``) as the configs of
+    tests/train_cfg.py select on it."""
     from partition.pipeline import CreateOptions, create
 
-    train, test = planted(tmp / "raw", **kw)
+    train, test = planted(tmp / "raw", valid_fraction=0.1 if valid else 0.0, **kw)
     out = tmp / "parts"
-    create(CreateOptions(train=str(train), test=str(test), valid=str(test) if valid else None,
+    create(CreateOptions(train=str(train), test=str(test), valid=str(tmp / "raw" / "valid.parquet") if valid else None,
                          out=str(out), num_parts=num_parts, method=method, progress=False))
     return out
+
+
+def move_test_split_away(parts: Path, tmp: Path) -> Path:
+    """Move targets/test.parquet out of a partition directory (a moved file cannot be read by
+    anyone, root included, unlike one without read permission); returns where it went."""
+    import shutil
+
+    away = tmp / "test-split-away.parquet"
+    shutil.move(parts / "targets" / "test.parquet", away)
+    return away

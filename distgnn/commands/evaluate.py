@@ -12,8 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="Recall/NDCG@K (and more) over the full item catalogue",
         description="Layer-wise full-neighbour inference, then for each user with held-out items a "
-                    "ranking of every item not in their training set. Uses the run's best checkpoint "
-                    "(by validation Recall@K) or else its latest.")
+                    "ranking of every item not already known (test: training and validation "
+                    "interactions masked; valid: training ones). Uses the checkpoint selected during "
+                    "training (best validation Recall@K), or else the latest, and says which.")
     p.add_argument("--run", required=True, help="run directory written by 'distgnn train'")
     p.add_argument("--k", type=int, default=20, help="cut-off K (default 20)")
     p.add_argument("--split", choices=["test", "valid"], default="test")
@@ -42,15 +43,38 @@ def run(args: argparse.Namespace) -> int:
     from distgnn.trainer import load_for_inference
 
     parts, ckpt_path = load_for_inference(args.run, cfg)
+    evaluator = Evaluator(parts.graph, args.split)  # reads the targets first: a missing file fails fast
     emb = infer_all(parts.model, parts.graph, parts.emb, cfg.eval.node_batch, parts.device)
-    metrics = Evaluator(parts.graph, args.split).evaluate(emb, args.k, cfg.eval.user_batch, parts.device)
-    out = {"split": args.split, "k": args.k, "checkpoint": str(Path(ckpt_path)), **metrics}
+    metrics = evaluator.evaluate(emb, args.k, cfg.eval.user_batch, parts.device)
+    out = {"split": args.split, "k": args.k, **selection(args.run, Path(ckpt_path), cfg.eval.split),
+           "masked": ["train", *evaluator.masked_splits], **metrics}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.run} ({Path(ckpt_path).name}) on {args.split}, {metrics['num_users']} users:")
+        sel = out["selected_on"]
+        how = (f"selected on {sel['split']} {sel['metric']}={sel['value']:.4f}" if sel
+               else "the latest: no validation ran, so nothing was selected")
+        print(f"checkpoint {out['checkpoint']} (epoch {out['checkpoint_epoch']}, {how})")
+        print(f"{args.run} on {args.split} ({out['protocol']}; masked: {', '.join(out['masked'])}), "
+              f"{metrics['num_users']} users:")
         for key, val in metrics.items():
             if key != "num_users":
                 print(f"  {key:>14} {val:.4f}")
     sys.stdout.flush()
     return 0
+
+
+def selection(run_dir: str, path, default_split: str) -> dict:
+    """Which checkpoint was read and how it was chosen: its path and epoch, the validation metric
+    it was selected on (None when no validation ran and the latest was used), and the protocol.
+    A best.json from before the split was recorded is taken to be on the run's eval.split."""
+    from distgnn import checkpoint as ckpt
+
+    rec = ckpt.best_record(run_dir)
+    epoch = ckpt.read_meta(path)["epoch"]
+    if rec is not None and rec["path"].name == path.name:
+        sel = {"split": rec.get("split", default_split), "metric": rec["metric"], "value": rec["value"]}
+        protocol = f"full-ranking, selected on {sel['split']}"
+    else:
+        sel, protocol = None, "full-ranking, latest checkpoint (not selected)"
+    return {"checkpoint": str(path), "checkpoint_epoch": epoch, "selected_on": sel, "protocol": protocol}
