@@ -304,15 +304,3 @@ def _check_against_input(root: Path, manifest: dict, book: fmt.PartitionBook, tr
             h.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return []
-
-
-def verify_or_raise(root: str | Path, needed: list[str] | None = None) -> dict:
-    """For trainers: load the manifest and refuse a directory that misses a file this reader needs.
-
-    ``needed`` lists the relative paths the caller will read (default: every file of the format).
-    """
-    manifest = fmt.load_manifest(root)
-    for relpath in (needed if needed is not None else expected_files(manifest)):
-        if not (Path(root) / relpath).is_file():
-            raise UserError(f"{root}: {relpath} is missing; run 'distgnn partition verify {root}'")
-    return manifest
