@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from distgnn import format as fmt
-from distgnn.errors import UserError
 
 BATCH_ROWS = 1 << 22
 _M1 = np.uint64(0x9E3779B97F4A7C15)
