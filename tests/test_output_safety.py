@@ -26,10 +26,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("safety")
     parts = partitioned(tmp, num_parts=2, num_users=150, num_items=100)
+    (tmp / "nv").mkdir()
+    no_valid = partitioned(tmp / "nv", num_parts=2, valid=False, num_users=150, num_items=100)
     cfg = small_config(tmp, parts, train={"epochs": 2, "eval_every": 1, "patience": 0})
     run = tmp / "run"
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
-    return {"tmp": tmp, "parts": parts, "cfg": cfg, "run": run}
+    return {"tmp": tmp, "parts": parts, "no_valid": no_valid, "cfg": cfg, "run": run}
 
 
 def _err_line(capsys) -> str:
@@ -82,11 +84,12 @@ def test_train_refuses_a_run_holding_a_foreign_file(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
 @pytest.mark.parametrize("bad, needle", [(["--partitions", "no-such-parts"], "no-such-parts"),
-                                         (["--set", "eval.split=valid"], "no 'valid' held-out split")])
+                                         (["--partitions", "NO_VALID"], "no 'valid' held-out split")])
 def test_validation_runs_before_deletion(trained, tmp_path, capsys, backend, bad, needle):
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
     before = sorted(p.name for p in run.rglob("*"))
+    bad = [str(trained["no_valid"]) if a == "NO_VALID" else a for a in bad]
     assert main(["train", "--config", str(trained["cfg"]), "--backend", backend, "--out", str(run),
                  "--overwrite", *bad]) == 2
     assert needle in _err_line(capsys)

@@ -2,6 +2,8 @@
 known interactions (the LightGCN protocol on a train/valid/test split), and what evaluate reports."""
 from __future__ import annotations
 
+from distgnn.metrics import read_metrics
+
 import json
 import shutil
 from pathlib import Path
@@ -38,7 +40,7 @@ def no_test_run(tmp_path_factory):
 
 
 def test_training_runs_to_the_end_without_the_test_split(no_test_run):
-    recs = [json.loads(line) for line in (no_test_run["run"] / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(no_test_run["run"]).records
     valid = [r for r in recs if r["type"] == "valid"]
     assert [r["epoch"] for r in valid] == [1, 2, 3] and {r["split"] for r in valid} == {"valid"}
     assert json.loads((no_test_run["run"] / "checkpoints" / "best.json").read_text())["split"] == "valid"
@@ -62,7 +64,7 @@ def test_evaluate_reports_the_selected_checkpoint(no_test_run, capsys, tmp_path)
     assert out["protocol"] == "full-ranking, selected on valid"
     assert Path(out["checkpoint"]).name == best["checkpoint"]
     assert out["selected_on"] == {"split": "valid", "metric": "recall@20", "value": best["value"]}
-    valid = [json.loads(line) for line in (no_test_run["run"] / "metrics.jsonl").read_text().splitlines()]
+    valid = read_metrics(no_test_run["run"]).records
     best_epoch = max((r for r in valid if r["type"] == "valid"), key=lambda r: r["recall@20"])["epoch"]
     assert out["checkpoint_epoch"] == best_epoch
     assert out["split"] == "test" and out["masked"] == ["train", "valid"]

@@ -2,6 +2,8 @@
 reduced on a validation plateau, and uniform attention (the ablation of learned attention)."""
 from __future__ import annotations
 
+from distgnn.metrics import read_metrics
+
 import json
 
 import pytest
@@ -61,7 +63,7 @@ def test_ccl_trains(parts, tmp_path):
                                           "ccl_negative_weight": 20.0, "num_negatives": 64,
                                           "shared_negatives": True, "log_every": 1}))
     Trainer(cfg, tmp_path / "run").train()
-    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(tmp_path / "run").records
     losses = [r["loss"] for r in recs if r["type"] == "train"]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     valid = [r for r in recs if r["type"] == "valid"][-1]
@@ -77,7 +79,7 @@ def test_plateau_schedule_reduces_after_non_improving_validations(parts, tmp_pat
                                           "lr_plateau_patience": 1}))
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.train()
-    valid = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    valid = read_metrics(tmp_path / "run").records
     valid = [r for r in valid if r["type"] == "valid"]
     best, scale, reductions = -1.0, 1.0, 0
     for r in valid:
@@ -97,7 +99,7 @@ def test_plateau_schedule_reduces_after_non_improving_validations(parts, tmp_pat
 def test_fixed_schedule_never_reduces(parts, tmp_path):
     cfg = load_config(small_config(tmp_path, parts, train={"epochs": 3, "eval_every": 1, "patience": 0}))
     Trainer(cfg, tmp_path / "run").train()
-    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(tmp_path / "run").records
     assert {r["lr_scale"] for r in recs if r["type"] == "valid"} == {1.0}
 
 

@@ -167,7 +167,7 @@ def test_two_workers_train_without_the_test_split(ray_cluster, data, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--config", str(data["cfg"]), "--partitions", str(parts), "--backend", "ray",
                  "--num-workers", "2", "--epochs", "2", "--out", str(run)]) == 0
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(run).records
     assert [(r["epoch"], r["split"]) for r in recs if r["type"] == "valid"] == [(1, "valid"), (2, "valid")]
     assert ckpt.best(run) is not None
     assert not (parts / "targets" / "test.parquet").exists()
