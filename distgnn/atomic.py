@@ -244,7 +244,7 @@ def check_replaceable(path: str | os.PathLike, is_ours: Callable[[Path], bool], 
 
 
 # --- stale leftovers ----------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -274,7 +274,7 @@ def sweep_stale(parent: str | os.PathLike, spare: Callable[[Path], bool] | None 
         pid, host = int(m.group(2)), m.group(3)
         if host is not None and host != _HOST:
             continue
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         if host is None:
             with contextlib.suppress(OSError):

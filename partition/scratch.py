@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from distgnn import format as fmt
+from distgnn.atomic import pid_alive
 from distgnn.errors import UserError
 
 SCRATCH_MARKER = "scratch.json"
@@ -65,7 +66,7 @@ class Scratch:
                 raise UserError(f"scratch directory {root} exists but was not made by distgnn; "
                                 f"remove it yourself or pass another --tmp-dir")
             owner = _owner_pid(marker)
-            if owner and owner != os.getpid() and _alive(owner):
+            if owner and owner != os.getpid() and pid_alive(owner):
                 raise UserError(f"another 'distgnn partition create' (pid {owner}) is using {root}; wait "
                                 f"for it, or write to another --out")
             if not resume:
@@ -153,16 +154,6 @@ def _owner_pid(marker: Path) -> int | None:
         return int(json.loads(marker.read_text()).get("pid"))
     except (OSError, ValueError, TypeError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def free_bytes(path: Path) -> int:
