@@ -79,7 +79,12 @@ def recommend(run_dir, cfg, k: int, out: Path) -> list[Path]:
     emb = infer_all(parts.model, parts.graph, parts.emb, cfg.eval.node_batch, parts.device)
     from distgnn.evaluation import IdSpace
     ids = IdSpace.from_book(parts.graph.book)
+    # known interactions are never recommended: training, and a validation split carved from or
+    # given beside it (the test split is what a user holds back to judge the recommendations)
     u, i = Evaluator._all_train_interactions(parts.graph)
+    if "valid" in parts.graph.manifest.get("heldout", {}):
+        vu, vi = Evaluator._targets(parts.graph, "valid")
+        u, i = torch.cat([u, vu]), torch.cat([i, vi])
     indptr, items = csr_by_user(ids.user_index(u), ids.item_index(i), len(ids.user_gids))
     user_emb, item_emb = emb[ids.user_gids], emb[ids.item_gids]
     users = torch.arange(len(ids.user_gids))

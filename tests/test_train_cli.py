@@ -50,9 +50,11 @@ def test_recommend_uses_orig_ids(trained, tmp_path, capsys):
     assert all(u.startswith("u") for u in users) and len(users) == 150
     assert t.num_rows == 150 * 5
     assert all(i.startswith("i") for i in t.column("item_id").to_pylist())
-    # no training item is recommended
+    # no training or validation item is recommended
     train = pq.read_table(trained["tmp"] / "raw" / "train.parquet").to_pylist()
-    seen = {(r["user_id"], r["item_id"]) for r in train}
+    valid = pq.read_table(trained["tmp"] / "raw" / "valid.parquet").to_pylist()
+    assert valid
+    seen = {(r["user_id"], r["item_id"]) for r in train + valid}
     assert not any((r["user_id"], r["item_id"]) in seen for r in t.to_pylist())
     emb = pq.read_table(tmp_path / "recs.user_embeddings.parquet")
     assert emb.column_names == ["user_id", "embedding"] and emb.num_rows == 150
