@@ -287,6 +287,12 @@ def _check_against_input(root: Path, manifest: dict, book: fmt.PartitionBook, tr
                 handles[p].write(key[order[bounds[p]:bounds[p + 1]]].data)
         for h in handles:
             h.close()
+        # a validation split carved from the input (--valid-fraction) left the graph: count it back
+        carved = manifest.get("heldout", {}).get("valid", {}).get("source") == "carved"
+        vkeys = np.zeros(0, np.int64)
+        if carved:
+            vu, vi = fmt.read_targets(root, "valid")
+            vkeys = np.sort(vu * n + vi)
         for p in range(book.num_parts):
             want = np.unique(np.fromfile(scratch / f"keys-{p:05d}", dtype=np.int64))
             (scratch / f"keys-{p:05d}").unlink()
@@ -295,9 +301,13 @@ def _check_against_input(root: Path, manifest: dict, book: fmt.PartitionBook, tr
                 is_rev = dst < book.item_gid_start[p]
                 got.append(dst[is_rev] * n + src[is_rev])
             got = np.concatenate(got) if got else np.zeros(0, np.int64)
+            if len(vkeys):
+                lo, hi = np.searchsorted(vkeys, [book.gid_start[p] * n, book.item_gid_start[p] * n])
+                got = np.sort(np.concatenate([got, vkeys[lo:hi]]))
             if len(got) != len(want) or np.any(got != want):
-                return [f"input {train}: partition {p} holds {len(got)} interactions of its users, the "
-                        f"input has {len(want)} distinct ones for them, or they differ"]
+                return [f"input {train}: partition {p} holds {len(got)} interactions of its users"
+                    f"{' (with their carved validation split)' if carved else ''}, the input has "
+                    f"{len(want)} distinct ones for them, or they differ"]
     finally:
         for h in handles:
             h.close()
