@@ -198,14 +198,14 @@ def plot_sweep(sweep: dict, path: Path) -> None:
             ys = [r[side][key] * scale for r in recs if side in r]
             if xs:
                 ax.plot(xs, ys, style, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         stopped = [r for r in recs if r.get("dgl_skipped")]
         if stopped:
             x0 = stopped[0]["interactions"]
             ax.axvline(x0, color="grey", lw=0.8, ls=":")
-            ax.text(x0, ax.get_ylim()[0] if ax.get_yscale() == "log" else 0, " DGL: out of memory\n beyond here",
-                    fontsize=8, color="grey", va="bottom")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+            ax.text(x0, 0.03, " DGL not run from here:\n would not fit in memory", fontsize=8, color="grey",
+                    va="bottom", transform=ax.get_xaxis_transform())
         ax.set_xlabel("interactions")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
