@@ -30,6 +30,21 @@ def _mix(x):
     return x
 
 
+@njit(cache=True, inline="always")
+def _rate_neighbours(a, b, indices, nbr_offset, group, ew, use_ew, rating, touched):
+    """Sum the edge weights of entries ``[a, b)`` per neighbour group (``group[neighbour]``: its
+    cluster or partition) into ``rating``, listing each group met once in ``touched``; returns how
+    many. Label propagation and refinement both rate a node's neighbourhood this way."""
+    nt = 0
+    for e in range(a, b):
+        c = group[indices[e] + nbr_offset]
+        if rating[c] == 0:
+            touched[nt] = c
+            nt += 1
+        rating[c] += ew[e] if use_ew else 1
+    return nt
+
+
 @njit(cache=True)
 def lp_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, labels, cluster_w,
             node_w, max_w, rating, touched, seed):
@@ -49,13 +64,7 @@ def lp_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, labels, c
         b = indptr[r + 1] - base
         if a == b:
             continue
-        nt = 0
-        for e in range(a, b):
-            c = labels[indices[e] + nbr_offset]
-            if rating[c] == 0:
-                touched[nt] = c
-                nt += 1
-            rating[c] += ew[e] if use_ew else 1
+        nt = _rate_neighbours(a, b, indices, nbr_offset, labels, ew, use_ew, rating, touched)
         cur = labels[v]
         wv = node_w[v]
         best = cur
@@ -124,17 +133,8 @@ def refine_rows(row_start, indptr, indices, nbr_offset, ew, use_ew, order, part,
         if a == b:
             continue
         cur = part[v]
-        nt = 0
-        boundary = False
-        for e in range(a, b):
-            p = part[indices[e] + nbr_offset]
-            if conn[p] == 0:
-                touched[nt] = p
-                nt += 1
-            conn[p] += ew[e] if use_ew else 1
-            if p != cur:
-                boundary = True
-        if boundary:
+        nt = _rate_neighbours(a, b, indices, nbr_offset, part, ew, use_ew, conn, touched)
+        if nt > 1 or (nt == 1 and touched[0] != cur):   # a boundary node
             if num_users >= 0:
                 for c in range(ncon):
                     w[c] = 0

@@ -384,7 +384,7 @@ def _run(opts: CreateOptions, out: Path, scratch: Scratch, limit: int) -> dict[s
                   "multilevel": assign.assign_multilevel}[path]
             part = fn(graph, aopts)
             scratch.save("part.npy", part)
-            ainfo = {"path": path, "why": why, **aopts.info, "path": path}
+            ainfo = {**aopts.info, "path": path, "why": why}
             scratch.commit("assign", ["part.npy"], ainfo)
         else:
             if opts.progress:

@@ -30,3 +30,12 @@ def test_sweep_writes_json_and_plot(tmp_path, capsys):
     assert [r["interactions"] for r in sweep["records"]] == [3000, 6000]
     assert all(r["ours"]["process_seconds"] > 0 and r["ours"]["peak_rss_bytes"] > 0 for r in sweep["records"])
     assert (out / "partition_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_never_removes_a_directory_it_did_not_create(tmp_path, capsys):
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "notes.txt").write_text("mine")
+    assert main(["bench", "partition", "--interactions", "3000", "--num-parts", "2",
+                 "--workdir", str(tmp_path), "--timeout", "300"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "ours" / "notes.txt").read_text() == "mine"

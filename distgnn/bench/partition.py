@@ -106,6 +106,12 @@ def _generated(work: Path, interactions: int, seed: int) -> str:
 def _compare(train: str, work: Path, args: argparse.Namespace, skip_dgl: bool, why_skip: str = "") -> dict:
     import shutil
 
+    # Each side writes into a directory this run creates, and removes it afterwards (a sweep's
+    # outputs add up to tens of GB); a directory that is already there is refused, never removed.
+    for side in ("ours", "dgl"):
+        if (work / side).exists():
+            raise UserError(f"bench: {work / side} already exists; remove it or choose another --workdir "
+                            f"(the benchmark only deletes outputs it created)")
     results: dict[str, Any] = {"ours": _child("ours", train, str(work / "ours"), args.num_parts, args.timeout,
                                               args.metis_path)}
     shutil.rmtree(work / "ours", ignore_errors=True)
