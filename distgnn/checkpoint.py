@@ -143,3 +143,28 @@ def check_compatible(ckpt: Path, saved_cfg: dict, cfg_dict: dict) -> None:
                 raise UserError(f"checkpoint {ckpt} was written with {section}.{key}={a.get(key)!r} but "
                                 f"the config has {section}.{key}={b.get(key)!r}; use the run's own "
                                 f"config.yaml or start a new run with another --out")
+
+
+def load_partition_rows(ckpt: Path, partitions_root: str | Path, part_id: int,
+                        names: tuple[str, ...] = ("weight",)) -> dict[str, Any]:
+    """Rows of partition ``part_id``'s gid range (users then items, gid order) from a checkpoint.
+
+    (Interim version for v1 checkpoints: re-keys by orig id against the partition's own id-map
+    slices.)"""
+    import numpy as np
+
+    from distgnn import format as fmt
+    from distgnn.embedding_store import read_rows
+
+    manifest = fmt.load_manifest(partitions_root)
+    meta = read_meta(Path(ckpt))
+    emb_cfg, model_cfg = meta["config"]["embedding"], meta["config"]["model"]
+    out: dict[str, list] = {n: [] for n in names}
+    for ntype in ("user", "item"):
+        start, n = fmt.id_map_rows(manifest, ntype, part_id)
+        _, orig = fmt.read_id_map_slice(partitions_root, ntype, start, n)
+        pos, cols = read_rows(Path(ckpt) / "embeddings", ntype, orig, emb_cfg["optimizer"],
+                              model_cfg["dim"], list(names))
+        for name in names:
+            out[name].append(cols[name][pos])
+    return {name: np.concatenate(v) for name, v in out.items()}

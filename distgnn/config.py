@@ -174,6 +174,17 @@ class EvalConfig(_Strict):
         "valid", description="held-out split used for validation/early stopping during training")
     user_batch: int = Field(1024, gt=0, description="users scored at once (bounds ranking memory)")
     node_batch: int = Field(16384, gt=0, description="nodes per block in layer-wise inference")
+    protocol: Literal["full", "sampled"] = Field(
+        "full", description="full: rank every item (the LightGCN protocol); sampled: rank each user's "
+                            "held-out items among num_negatives sampled items (for catalogues too big "
+                            "for full ranking; --backend ray only)")
+    num_negatives: int = Field(100, gt=0, description="sampled protocol: negatives per user")
+    max_users: Optional[int] = Field(
+        None, gt=0, description="evaluate a seeded sample of about this many users (each kept with "
+                                "probability max_users / num_users); None: every user")
+    item_budget_bytes: Optional[int] = Field(
+        None, gt=0, description="sharded ranking: all item rows are gathered into memory when they "
+                                "fit in this many bytes (default 1 GiB), else streamed block by block")
 
 
 class Config(_Strict):

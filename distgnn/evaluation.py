@@ -172,7 +172,7 @@ class Evaluator:
     Only the files of ``split`` and of the splits it masks are opened: validation during training
     never reads ``targets/test.parquet``."""
 
-    def __init__(self, graph: GraphStore, split: str):
+    def __init__(self, graph: GraphStore, split: str, max_users: int | None = None, seed: int = 0):
         self.graph = graph
         self.ids = IdSpace.from_book(graph.book)
         self.num_users, self.num_items = len(self.ids.user_gids), len(self.ids.item_gids)
@@ -189,6 +189,11 @@ class Evaluator:
         self.test_indptr, self.test_items = csr_by_user(self.ids.user_index(tu), self.ids.item_index(ti),
                                                         self.num_users)
         self.eval_users = torch.nonzero(self.test_indptr[1:] > self.test_indptr[:-1]).flatten()
+        if max_users is not None:  # the same seeded sample as the sharded evaluator's
+            from distgnn.inference import sample_users
+
+            keep = sample_users(self.ids.user_gids[self.eval_users].numpy(), max_users, self.num_users, seed)
+            self.eval_users = self.eval_users[torch.from_numpy(keep)]
 
     @staticmethod
     def _targets(graph: GraphStore, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -202,3 +202,38 @@ def read_targets(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                         f"needs it; put the file back (or re-run 'distgnn partition create')")
     t = read_table(root, targets_path(split), ["user_gid", "item_gid"])
     return t.column("user_gid").to_numpy(), t.column("item_gid").to_numpy()
+
+
+def id_map_rows(manifest: dict[str, Any], ntype: str, part_id: int) -> tuple[int, int]:
+    """(first row, number of rows) of partition ``part_id``'s nodes of ``ntype`` in
+    ``id_map/<ntype>.parquet``: the map is sorted by gid and each partition's users (items) are one
+    contiguous gid range, so they are one contiguous run of rows."""
+    key = "num_users" if ntype == "user" else "num_items"
+    parts = manifest["parts"]
+    return sum(int(p[key]) for p in parts[:part_id]), int(parts[part_id][key])
+
+
+def read_id_map_slice(root: str | Path, ntype: str, start_row: int, num_rows: int) -> tuple[np.ndarray, pa.Array]:
+    """(gid, orig_id) of rows ``[start_row, start_row + num_rows)`` of ``id_map/<ntype>.parquet``,
+    reading only the row groups that hold them (a worker never loads a whole id map)."""
+    path = Path(root) / id_map_path(ntype)
+    try:
+        f = pq.ParquetFile(path)
+        md = f.metadata
+        groups, first, row = [], None, 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if row + n > start_row and row < start_row + num_rows:
+                groups.append(g)
+                first = row if first is None else first
+            row += n
+        if not groups or num_rows == 0:
+            schema = f.schema_arrow
+            return np.zeros(0, np.int64), pa.array([], type=schema.field("orig_id").type)
+        t = f.read_row_groups(groups, columns=["gid", "orig_id"])
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
+    t = t.slice(start_row - first, num_rows)
+    if t.num_rows != num_rows:
+        raise UserError(f"{path} has fewer rows than its manifest says; run 'distgnn partition verify {root}'")
+    return t.column("gid").to_numpy(), t.column("orig_id").combine_chunks()

@@ -120,13 +120,16 @@ def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
                       for p in parts]), fraction
 
 
-def check_eval_split(cfg: Config, manifest: dict, root) -> None:
+def check_eval_split(cfg: Config, manifest: dict, root, ray_backend: bool = False) -> None:
     """Validation needs its held-out split; checked before training (and before ``--overwrite``
     removes an old run)."""
     if cfg.train.eval_every and cfg.eval.split not in manifest.get("heldout", {}):
         how = ("--valid-fraction 0.1 (or --valid PATH)" if cfg.eval.split == "valid" else "--test PATH")
         raise UserError(f"{root} has no '{cfg.eval.split}' held-out split for validation; "
                         f"partition with {how}, or set train.eval_every=0 to train without validation")
+    if cfg.train.eval_every and cfg.eval.protocol == "sampled" and not ray_backend:
+        raise UserError("eval.protocol 'sampled' runs on the sharded evaluator of --backend ray; "
+                        "use --backend ray, or eval.protocol full")
 
 
 class Runtime:
@@ -174,9 +177,10 @@ class Runtime:
         """The chief's ``value``, on every worker."""
         return value
 
-    def eval_graph(self, trainer: "Trainer"):
-        """The graph store validation runs on (it needs every partition's full neighbourhoods)."""
-        return trainer.p.graph
+    def validate(self, trainer: "Trainer") -> dict | None:
+        """Validation metrics on the chief (None elsewhere); every worker calls it. The local
+        backend holds the whole graph: in-memory layer-wise inference and ranking."""
+        return trainer.validate()
 
     def report(self, trainer: "Trainer", record: dict, path: Path | None) -> None:
         """After each checkpoint (written by the chief only): tell the launcher about it."""
@@ -293,7 +297,7 @@ class Trainer:
 
         graph = graph or self.p.graph
         if self._evaluator is None:
-            self._evaluator = Evaluator(graph, self.cfg.eval.split)
+            self._evaluator = Evaluator(graph, self.cfg.eval.split, self.cfg.eval.max_users, self.cfg.train.seed)
         emb = infer_all(self.p.model, graph, self.p.emb, self.cfg.eval.node_batch, self.p.device)
         return self._evaluator.evaluate(emb, self.cfg.eval.k, self.cfg.eval.user_batch, self.p.device)
 
@@ -352,7 +356,7 @@ class Trainer:
         restored = rt.prepare(self, resume)
         for message in self.warnings:
             self._log({"type": "warning", "message": message})
-        check_eval_split(cfg, self.p.graph.manifest, self.p.graph.root)
+        check_eval_split(cfg, self.p.graph.manifest, self.p.graph.root, ray_backend=type(rt) is not Runtime)
         max_steps = cfg.train.max_steps
         wall0 = time.perf_counter()
         last_ckpt_step = self.global_step if restored else -1
@@ -409,8 +413,9 @@ class Trainer:
             rt.barrier(f"end of epoch {self.epoch}")  # every worker's pushes are in the store
             improved = False
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
+                metrics = rt.validate(self)  # every worker takes part; the chief gets the metrics
                 if rt.is_chief:
-                    improved = self._validate_and_track(rt, wall0)
+                    improved = self._track(metrics, wall0)
                 self.stopped_early, self.lr_scale = rt.agree((self.stopped_early, self.lr_scale))
             epoch_record = {"epoch": self.epoch, "step": self.global_step,
                             "loss": epoch_loss / max(epoch_steps, 1)}
@@ -425,10 +430,10 @@ class Trainer:
                    "stopped_early": self.stopped_early}
         return summary
 
-    def _validate_and_track(self, rt: Runtime, wall0: float) -> bool:
-        """Validate (chief only), update the best value and the early-stopping state; True if improved."""
+    def _track(self, metrics: dict, wall0: float) -> bool:
+        """(Chief only) log the validation metrics, update the best value and the early-stopping
+        state; True if improved."""
         cfg = self.cfg
-        metrics = self.validate(rt.eval_graph(self))
         key = f"recall@{cfg.eval.k}"
         value = metrics[key]
         improved = self.best_value is None or value > self.best_value

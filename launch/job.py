@@ -60,7 +60,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     # only the files training reads: the test split is not one of them (it may be absent)
     manifest = fmt.load_manifest(cfg.data.partitions)
     fmt.check_files(cfg.data.partitions, manifest, fmt.graph_files(manifest))
-    check_eval_split(cfg, manifest, cfg.data.partitions)
+    check_eval_split(cfg, manifest, cfg.data.partitions, ray_backend=True)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
     if not 1 <= num_workers <= book.num_parts:

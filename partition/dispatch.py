@@ -29,6 +29,9 @@ from partition.graph import Graph, HeldOutSplit
 from partition.scratch import charge_write
 
 ROW_GROUP_ROWS = 1 << 22
+# id maps and held-out targets are read by gid range (a worker reads only its own partitions'
+# rows): smaller row groups let readers skip more
+LOOKUP_ROW_GROUP_ROWS = 1 << 20
 
 
 @dataclass
@@ -59,14 +62,14 @@ def relabel(part_of_raw: np.ndarray, num_users: int, num_parts: int) -> Relabele
     return Relabeled(gid_of_raw, order, gid_start, gid_start + users, gid_end)
 
 
-def write_table(writer_or_path, table: pa.Table) -> None:
+def write_table(writer_or_path, table: pa.Table, row_group_rows: int = ROW_GROUP_ROWS) -> None:
     """The one place shard data is written: accounts bytes for the ENOSPC test hook."""
     charge_write(table.nbytes, str(writer_or_path if not isinstance(writer_or_path, pq.ParquetWriter)
                                    else "parquet"))
     if isinstance(writer_or_path, pq.ParquetWriter):
-        writer_or_path.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        writer_or_path.write_table(table, row_group_size=row_group_rows)
     else:
-        pq.write_table(table, writer_or_path, row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, writer_or_path, row_group_size=row_group_rows)
 
 
 class _PartWriter:
@@ -166,10 +169,11 @@ def write_shards(root: Path, graph: Graph, part_of_raw: np.ndarray, rl: Relabele
     return parts, cut
 
 
-def _write(root: Path, relpath: str, table: pa.Table, files: dict[str, dict]) -> None:
+def _write(root: Path, relpath: str, table: pa.Table, files: dict[str, dict],
+           row_group_rows: int = ROW_GROUP_ROWS) -> None:
     path = root / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_table(path, table)
+    write_table(path, table, row_group_rows)
     files[relpath] = {"rows": table.num_rows, "bytes": path.stat().st_size}
 
 
@@ -183,7 +187,8 @@ def write_id_maps(root: Path, graph: Graph, rl: Relabeled, files: dict[str, dict
         gids = rl.gid_of_raw[raws + (0 if ntype == "user" else U)]
         orig = idmap.orig_array().take(pa.array(raws))
         schema = fmt.schema_for(fmt.ID_MAP_COLUMNS, orig_type=idmap.arrow_type)
-        _write(root, fmt.id_map_path(ntype), pa.Table.from_arrays([orig, pa.array(gids)], schema=schema), files)
+        _write(root, fmt.id_map_path(ntype), pa.Table.from_arrays([orig, pa.array(gids)], schema=schema), files,
+               LOOKUP_ROW_GROUP_ROWS)
 
 
 def write_targets(root: Path, split: str, held: HeldOutSplit, num_users: int, rl: Relabeled,
@@ -195,7 +200,8 @@ def write_targets(root: Path, split: str, held: HeldOutSplit, num_users: int, rl
     if held.ts is not None:
         arrays.append(pa.array(held.ts[order]))
     schema = fmt.schema_for(fmt.TARGETS_COLUMNS, with_ts=held.ts is not None)
-    _write(root, fmt.targets_path(split), pa.Table.from_arrays(arrays, schema=schema), files)
+    _write(root, fmt.targets_path(split), pa.Table.from_arrays(arrays, schema=schema), files,
+           LOOKUP_ROW_GROUP_ROWS)
 
 
 def add_checksums(root: Path, files: dict[str, dict]) -> None:

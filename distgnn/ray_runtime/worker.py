@@ -13,9 +13,9 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
   barriers and ``ray.train.report`` calls line up;
 - **barriers and broadcasts** go through torch.distributed, whose process group carries the job's
   deadline (``TorchConfig(timeout_s)``): a dead peer is an error, not a hang;
-- **validation** runs on rank 0 over a ``LocalGraphStore`` of the partition directory (full-graph
-  inference needs every partition) while the others wait; rank 0's early-stopping decision is
-  broadcast;
+- **validation** is sharded (``distgnn.inference``): every worker computes the layers of its own
+  partitions and ranks its own users; rank 0 adds up the metric sums and its early-stopping
+  decision is broadcast;
 - **checkpoints**: rank 0 writes dense weights + a PS snapshot (commit marker last) and reports it
   to Ray Train; after a restart (``FailureConfig``) every worker resumes from it and the PS shards
   are reloaded from its snapshot, so no update before it is lost;
@@ -87,7 +87,6 @@ class RayTrainRuntime(Runtime):
         self.graph, self.emb = graph, emb
         self.fault = fault or {}
         self.resume_from = resume_from
-        self._eval_graph = None
         self._allreduce = {"s": 0.0}
         self._last_sampler: dict[str, float] = {}
 
@@ -172,12 +171,55 @@ class RayTrainRuntime(Runtime):
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def eval_graph(self, trainer: Trainer):
-        from distgnn.graph_store import LocalGraphStore
+    def validate(self, trainer: Trainer) -> dict | None:
+        """Sharded validation (``distgnn.inference``): every worker computes the layers of its own
+        partitions (layer 0 pulled from the parameter server) into per-layer files under the run
+        directory, with a barrier between layers, ranks its own users, and rank 0 adds up the
+        workers' metric sums. No process holds the whole graph or every node's embedding."""
+        import shutil
 
-        if self._eval_graph is None:
-            self._eval_graph = LocalGraphStore(trainer.cfg.data.partitions)
-        return self._eval_graph
+        import torch
+        import torch.distributed as dist
+
+        from distgnn.evaluation import MASKED_SPLITS
+        from distgnn.inference import (DEFAULT_ITEM_BUDGET, ShardedInference, combine_sums,
+                                       rank_worker_users, work_dir)
+
+        cfg = trainer.cfg
+        graph = self.graph
+        graph.sampler._ensure_local()
+        work = Path(self.agree(str(work_dir(trainer.run_dir, f"valid-{trainer.epoch}")) if self.is_chief
+                               else None))
+        inf = ShardedInference(trainer.p.model, graph.book, {p: graph.sampler.local[p] for p in graph.local_parts},
+                               work, cfg.eval.node_batch, trainer.p.device)
+        emb = self.emb
+
+        def layer0(part: int):
+            lo, hi = int(graph.book.gid_start[part]), int(graph.book.gid_end[part])
+            out = [emb.pull(torch.arange(a, min(a + cfg.eval.node_batch, hi))).numpy()
+                   for a in range(lo, hi, cfg.eval.node_batch)]
+            import numpy as np
+            return np.concatenate(out) if out else np.zeros((0, cfg.model.dim), np.float32)
+
+        try:
+            for stage in inf.stages():
+                inf.run_stage(stage, layer0=layer0)
+                dist.barrier()  # the process group's deadline bounds it
+            masked = [x for x in MASKED_SPLITS[cfg.eval.split] if x in graph.manifest.get("heldout", {})]
+            e = cfg.eval
+            res = rank_worker_users(inf, graph.root, graph.manifest, e.split, e.k, masked, e.user_batch,
+                                    e.protocol, e.num_negatives, e.max_users, cfg.train.seed,
+                                    e.item_budget_bytes or DEFAULT_ITEM_BUDGET)
+            results = [None] * self.world_size
+            dist.all_gather_object(results, res)
+            dist.barrier()  # every worker is done with the files
+        finally:
+            if self.is_chief:
+                shutil.rmtree(work, ignore_errors=True)
+        if not self.is_chief:
+            return None
+        num_items = int(graph.manifest["num_nodes"]["item"])
+        return combine_sums(results, cfg.eval.k, num_items)
 
     def report(self, trainer: Trainer, record: dict, path: Path | None) -> None:
         import ray.train
