@@ -187,12 +187,26 @@ class EvalConfig(_Strict):
                                 "fit in this many bytes (default 1 GiB), else streamed block by block")
 
 
+class RuntimeConfig(_Strict):
+    """Deadlines of the Ray runtime. Every remote call and barrier has one: a failure surfaces as
+    an error, never a hang. ``None`` means "scaled with the data" (``launch.job.deadlines``)."""
+
+    call_timeout_s: float = Field(300.0, gt=0, description="each remote call: pull, push, sample, shard start")
+    barrier_timeout_s: Optional[float] = Field(
+        None, gt=0, description="barriers and broadcasts between workers; they also wait out a "
+                                "validation (default: max(1800, 3 x the estimated validation time))")
+    stall_timeout_s: Optional[float] = Field(
+        None, gt=0, description="the driver stops a job with no new metrics record for this long "
+                                "(default: max(600, the barrier deadline))")
+
+
 class Config(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _check_layers(self) -> "Config":

@@ -30,10 +30,30 @@ from typing import Any
 from distgnn.errors import RayCallError, UserError
 
 
+def deadlines(cfg, manifest: dict, num_workers: int) -> dict[str, float]:
+    """The job's deadlines (``cfg.runtime``): the configured values, or defaults scaled with the
+    data. Barriers and the stall watchdog must outlast a validation (the workers exchange no
+    records while they infer and rank), estimated from the measured costs of sharded inference
+    (~2 us per directed edge per layer on one CPU core, docs/architecture.md D29) and full
+    ranking (~1e10 multiply-adds/s per core), split over the workers."""
+    r = cfg.runtime
+    users = int(manifest["num_nodes"]["user"])
+    items = int(manifest["num_nodes"]["item"])
+    ranked = min(users, cfg.eval.max_users) if cfg.eval.max_users else users
+    if cfg.eval.protocol == "sampled":
+        items = cfg.eval.num_negatives
+    edges = 2 * int(manifest["num_interactions"])
+    est = (edges * max(cfg.model.layers, 1) * 2e-6 + ranked * items * cfg.model.dim / 1e10) / max(num_workers, 1)
+    barrier = r.barrier_timeout_s or max(1800.0, 3.0 * est)
+    stall = r.stall_timeout_s or max(600.0, barrier)
+    return {"call": float(r.call_timeout_s), "barrier": float(barrier), "stall": float(stall),
+            "estimated_validation_s": round(est, 1)}
+
+
 def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, address: str | None,
-        max_failures: int = 2, fault: dict | None = None, timeout_s: float = 300.0,
-        stall_timeout_s: float = 600.0, resume: bool = False,
-        barrier_timeout_s: float = 1800.0, overwrite: bool = False) -> dict[str, Any]:
+        max_failures: int = 2, fault: dict | None = None, timeout_s: float | None = None,
+        stall_timeout_s: float | None = None, resume: bool = False,
+        barrier_timeout_s: float | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Build the Ray job, run it; return Ray Train's final metrics and the last checkpoint's path.
 
     ``resume``: continue the run in ``run_dir`` from its last committed checkpoint (the same
@@ -63,6 +83,10 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     check_eval_split(cfg, manifest, cfg.data.partitions, ray_backend=True)
     book = fmt.PartitionBook.from_manifest(manifest)
     num_workers = book.num_parts if num_workers is None else num_workers
+    limits = deadlines(cfg, manifest, num_workers)  # explicit arguments (tests) win over the config
+    timeout_s = limits["call"] if timeout_s is None else timeout_s
+    barrier_timeout_s = limits["barrier"] if barrier_timeout_s is None else barrier_timeout_s
+    stall_timeout_s = limits["stall"] if stall_timeout_s is None else stall_timeout_s
     if not 1 <= num_workers <= book.num_parts:
         raise UserError(f"--num-workers {num_workers} does not fit the {book.num_parts} partitions in "
                         f"{cfg.data.partitions}: each worker trains one or more whole partitions; pass "
@@ -224,13 +248,54 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
                 seen, shown = len(records), len(new)
             elif time.monotonic() - last_progress > stall_timeout_s:
                 raise RayCallError(f"Ray training made no progress for {stall_timeout_s:.0f}s (no new "
-                                   f"record in {run_dir}/metrics); workers may not fit on the cluster "
-                                   f"or are stuck")
+                                   f"record in {run_dir}/metrics); {stall_report(run_dir)} (raise "
+                                   f"runtime.stall_timeout_s if this stage is legitimately slow)")
     finally:
         bar.close()
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def stall_report(run_dir: Path) -> str:
+    """Which rank went quiet first, at which stage, and the last lines of its stderr: the ranks'
+    metrics files say when each last wrote (their mtime) and what (its last record, with the pid
+    that finds the worker's Ray log file)."""
+    import json
+
+    from distgnn.metrics import metric_files
+    from distgnn.ray_runtime import cluster
+
+    quiet = None
+    for f in metric_files(run_dir):
+        if not f.name.startswith("rank-"):
+            continue
+        try:
+            lines = [ln for ln in f.read_text().splitlines() if ln.strip()]
+            last = json.loads(lines[-1]) if lines else {}
+            mtime = f.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if quiet is None or mtime < quiet[0]:
+            quiet = (mtime, int(f.stem.split("-")[1]), last)
+    if quiet is None:
+        return "no worker wrote any record: workers may not fit on the cluster or never started"
+    _, rank, last = quiet
+    stage = (f"after its {last.get('type')} record of epoch {last.get('epoch')} step {last.get('step')}"
+             if last else "before its first record")
+    where = f"rank {rank} went quiet first, {stage}"
+    pid = last.get("pid") if last else None
+    d = cluster.logs_dir()
+    if pid and d is not None:
+        for log in sorted(d.glob(f"worker-*-{pid}.err")):
+            try:
+                tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+            except OSError:
+                continue
+            if tail:
+                where += "; its last stderr lines: " + " | ".join(t[:200] for t in tail)
+            break
+    return where
 
 
 def _ray_initialized() -> bool:
