@@ -152,7 +152,13 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         except RayCallError:
             raise
         except Exception as exc:  # Ray Train's WorkerGroupError etc.: one line, logs on disk
-            last = [line for line in str(exc).strip().splitlines() if line.strip()][-1][:300]
+            text = str(exc)
+            if "running low on memory" in text or "OutOfMemoryError" in type(exc).__name__:
+                raise RayCallError(f"Ray training failed: Ray killed workers because the node ran out "
+                                   f"of memory ({_memory_line(text)}); free memory on the node, or "
+                                   f"train with more nodes or partitions; worker logs are under "
+                                   f"{info.get('session_dir') or 'the Ray session dir'}")
+            last = [line for line in text.strip().splitlines() if line.strip()][-1][:300]
             raise RayCallError(f"Ray training failed (after up to {max_failures} restarts): {last}; "
                                f"worker logs are under {info.get('session_dir') or 'the Ray session dir'}")
         finally:
@@ -255,6 +261,14 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _memory_line(text: str) -> str:
+    """The 'Memory on the node ... was X used / Y limit' part of Ray's OOM message."""
+    import re
+
+    m = re.search(r"was ([\d.]+GB used / [\d.]+GB limit)", text)
+    return m.group(1) if m else "memory exhausted"
 
 
 def stall_report(run_dir: Path) -> str:

@@ -225,7 +225,8 @@ def get_with_deadline(refs, timeout_s: float, what: str, names: Sequence[str] | 
     ``what`` says what was waited for ("pull from parameter-server shards"); with a list of refs,
     ``names`` (one per ref, e.g. "PSShard 1") lets the error say which ones missed the deadline."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, ObjectLostError, RayTaskError
+    from ray.exceptions import (GetTimeoutError, ObjectLostError, OutOfMemoryError, RayActorError,
+                                RayError, RayTaskError)
 
     try:
         return ray.get(refs, timeout=timeout_s)
@@ -250,6 +251,13 @@ def get_with_deadline(refs, timeout_s: float, what: str, names: Sequence[str] | 
         first = " ".join(str(cause).split())[:300]
         raise RayCallError(f"{what}{_failed_name(refs, names)} failed: "
                            f"{type(cause).__name__}: {first}") from exc
+    except OutOfMemoryError as exc:
+        raise RayCallError(f"{what}{_failed_name(refs, names)}: Ray killed a worker because the node "
+                           f"ran out of memory; free memory on the node, or use more nodes or "
+                           f"partitions") from exc
+    except RayError as exc:  # any other Ray failure: still one line, never a traceback
+        why = " ".join(str(exc).split())[:300]
+        raise RayCallError(f"{what}{_failed_name(refs, names)} failed: {type(exc).__name__}: {why}") from exc
 
 
 def _failed_name(refs, names) -> str:
