@@ -288,3 +288,39 @@ def sweep_stale(parent: str | os.PathLike, spare: Callable[[Path], bool] | None 
 def sweep_many(parents: Iterable[str | os.PathLike]) -> list[Path]:
     """``sweep_stale`` over several directories (an output's parent and the output itself)."""
     return [p for parent in parents for p in sweep_stale(parent)]
+
+
+# --- shared-memory leftovers ---------------------------------------------------------------------
+SHM_PREFIX = "distgnn-"
+_SHM_OWNER = re.compile(r"-(\d+)\.[A-Za-z_]+$")
+SHM_MIN_AGE_S = 120.0
+
+
+def sweep_shm(root: str | os.PathLike = "/dev/shm", min_age_s: float = SHM_MIN_AGE_S) -> list[Path]:
+    """Remove this node's stale parameter-server shared-memory directories and return them.
+
+    A job's PS shards keep their rows in ``<root>/distgnn-<id>/ps<part>-<pid>.<name>`` on each node
+    (``ray_runtime.ps``); the driver removes them at the end, but a driver killed with SIGKILL, or
+    a node whose shards were killed, leaves them behind, holding RAM (tmpfs). Ours are recognised by
+    the prefix; one is stale when it is older than ``min_age_s`` (a starting job's directory may
+    still be empty) and no process named in its files (the shards that wrote them) is alive on
+    this node. Called by the driver and by every PS shard at start, so every node is swept."""
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for d in root.iterdir():
+        if not d.name.startswith(SHM_PREFIX) or not d.is_dir():
+            continue
+        try:
+            if now - d.stat().st_mtime < min_age_s:
+                continue
+            pids = {int(m.group(1)) for f in d.iterdir() if (m := _SHM_OWNER.search(f.name))}
+        except OSError:
+            continue
+        if any(pid == os.getpid() or pid_alive(pid) for pid in pids):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed

@@ -179,7 +179,13 @@ def _shm_dir() -> str | None:
     driver's node has no /dev/shm; each shard also checks its own node and falls back to calls)."""
     import uuid
 
-    return f"/dev/shm/distgnn-{uuid.uuid4().hex[:12]}" if os.path.isdir("/dev/shm") else None
+    from distgnn import atomic
+
+    if not os.path.isdir("/dev/shm"):
+        return None
+    for d in atomic.sweep_shm("/dev/shm"):  # leftovers of killed jobs on this node
+        print(f"removed stale shared memory {d} (its parameter-server shards are gone)", file=sys.stderr)
+    return f"/dev/shm/{atomic.SHM_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
 def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list]:

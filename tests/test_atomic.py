@@ -127,3 +127,32 @@ def test_sweep_removes_only_our_dead_leftovers(tmp_path):
     for kept in [alive, other_host, legacy_new, spared, *user]:
         assert kept.exists(), kept
     assert atomic.sweep_stale(tmp_path / "missing") == []
+
+
+def test_sweep_shm_removes_only_stale_dirs_of_dead_shards(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from distgnn.atomic import sweep_shm
+
+    dead = subprocess.run(["true"]).returncode  # noqa: F841 - a pid that surely exited:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    old = time.time() - 600
+
+    def make(name: str, pid: int, age: float | None = old):
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("weight", "exp_avg", "lock"):
+            (d / f"ps0-{pid}.{f}").write_bytes(b"x")
+        if age is not None:
+            os.utime(d, (age, age))
+        return d
+
+    stale = make("distgnn-aaaa", p.pid)
+    live = make("distgnn-bbbb", os.getpid())
+    young = make("distgnn-cccc", p.pid, age=None)
+    other = make("not-ours", p.pid)
+    assert sweep_shm(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and young.exists() and other.exists()
