@@ -141,9 +141,43 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def read_table(root: str | Path, relpath: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one Parquet file of a partition directory, turning IO/format errors into UserError."""
+# files whose sha256 this process has checked: (path, size, mtime_ns)
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify_once(root: str | Path, relpath: str) -> None:
+    """Check a partition file's sha256 against the manifest the first time this process opens it.
+
+    Sizes alone (``check_files``) miss a flipped byte; hashing is ~1 GB/s, small next to reading
+    and decoding the file, and a process opens each file once (a worker only its own partitions',
+    its id-map slices' files and the targets). A directory without a manifest (being created) or a
+    file the manifest does not list is not checked here; ``partition verify`` checks everything."""
     path = Path(root) / relpath
+    try:
+        st = path.stat()
+    except OSError:
+        return  # the reader reports the missing file
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    try:
+        listed = json.loads((Path(root) / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError):
+        return
+    want = listed.get(relpath, {}).get("sha256")
+    if want is None:
+        return
+    if sha256_file(path) != want:
+        raise UserError(f"{path} does not match the sha256 in {Path(root) / MANIFEST} (changed, "
+                        f"truncated or corrupted); restore it or re-run 'distgnn partition create'")
+    _VERIFIED.add(key)
+
+
+def read_table(root: str | Path, relpath: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file of a partition directory (its sha256 checked on first open), turning
+    IO/format errors into UserError."""
+    path = Path(root) / relpath
+    verify_once(root, relpath)
     try:
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as exc:
@@ -217,6 +251,7 @@ def read_id_map_slice(root: str | Path, ntype: str, start_row: int, num_rows: in
     """(gid, orig_id) of rows ``[start_row, start_row + num_rows)`` of ``id_map/<ntype>.parquet``,
     reading only the row groups that hold them (a worker never loads a whole id map)."""
     path = Path(root) / id_map_path(ntype)
+    verify_once(root, id_map_path(ntype))
     try:
         f = pq.ParquetFile(path)
         md = f.metadata

@@ -237,6 +237,7 @@ def read_targets_in(root: str | Path, split: str, ranges: Sequence[tuple[int, in
         from distgnn.errors import UserError
         raise UserError(f"{root}: {fmt.targets_path(split)} is missing, but reading the '{split}' "
                         f"split needs it; put the file back (or re-run 'distgnn partition create')")
+    fmt.verify_once(root, fmt.targets_path(split))
     us, its = [], []
     for lo, hi in ranges:
         if hi <= lo:
