@@ -291,8 +291,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                           timeout_s=loop_config["timeout_s"])
     emb = loop_config["emb"]
     emb.local_parts = tuple(parts)
-    emb.attach_local()  # own partition's rows through shared memory, if its shard is on this node
+    # own partitions' rows through shared memory, if their shards are on this node
+    attached = emb.attach_local() if cfg.embedding.shared_memory else True
     trainer = Trainer(cfg, loop_config["run_dir"], graph=graph, backend="ray", emb=emb)
+    if not attached:  # a slower path, never a silent one: a warning record, shown by the driver
+        missing = [p for p in parts if p not in emb._views]
+        trainer.warnings.append(
+            f"rank {rank}: the parameter-server rows of partition(s) {missing} are not in shared "
+            f"memory on this worker's node (no room in /dev/shm on the shard's node, or the shard "
+            f"runs on another node); their pulls and pushes go through calls")
     # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; DGL's kernels (SpMM, SDDMM, edge softmax in
     # GATConv) read OpenMP's setting, torch's ops its own: set both.
     threads = max(1, int(loop_config["threads_per_worker"]))
