@@ -4,6 +4,10 @@
 column names and dtypes, and ``tests/test_format_spec.py`` checks the two agree. Writers
 (``partition.dispatch``) and readers (graph store, evaluation, export) both go through here, so a
 format change is one edit plus a version bump.
+
+``read_id_map_slice`` reads one partition's run of rows of an id map (the row groups that hold it,
+nothing else): checkpoint shards use it to learn their rows' orig ids without loading an id map
+that may hold billions of ids.
 """
 from __future__ import annotations
 
@@ -110,6 +114,24 @@ class PartitionBook:
         part = self.part_of(gid)
         return (gid >= self.item_gid_start[part]).astype(np.int8)
 
+    def id_map_rows(self, part_id: int, ntype: str) -> tuple[int, int]:
+        """(first row, number of rows) of partition ``part_id``'s nodes of ``ntype`` in the
+        gid-sorted ``id_map/<ntype>.parquet``: its users are rows ``sum(num_users of parts < p)``
+        onwards (likewise its items), because gids ascend with the partition."""
+        if not 0 <= part_id < self.num_parts:
+            raise ValueError(f"partition {part_id} is not in a book of {self.num_parts} parts")
+        if ntype == NTYPES[USER]:
+            counts = self.item_gid_start - self.gid_start
+        elif ntype == NTYPES[ITEM]:
+            counts = self.gid_end - self.item_gid_start
+        else:
+            raise ValueError(f"unknown node type {ntype!r}")
+        return int(counts[:part_id].sum()), int(counts[part_id])
+
+    def ntype_gid_start(self, part_id: int, ntype: str) -> int:
+        """The first gid of partition ``part_id``'s nodes of ``ntype``."""
+        return int((self.gid_start if ntype == NTYPES[USER] else self.item_gid_start)[part_id])
+
     def user_gids(self) -> np.ndarray:
         return np.concatenate([np.arange(s, e, dtype=np.int64)
                                for s, e in zip(self.gid_start, self.item_gid_start)])
@@ -148,6 +170,43 @@ def read_table(root: str | Path, relpath: str, columns: list[str] | None = None)
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
+
+
+def row_groups_for(metadata: pq.FileMetaData, start_row: int, num_rows: int) -> tuple[list[int], int]:
+    """The row groups of a Parquet file holding rows ``[start_row, start_row + num_rows)``, and the
+    file row at which the first of them begins (so the caller slices from ``start_row - first``)."""
+    groups, first, row = [], start_row, 0
+    end = start_row + num_rows
+    for g in range(metadata.num_row_groups):
+        n = metadata.row_group(g).num_rows
+        if row < end and row + n > start_row and num_rows > 0:
+            if not groups:
+                first = row
+            groups.append(g)
+        row += n
+    return groups, first
+
+
+def read_id_map_slice(root: str | Path, ntype: str, start_row: int, num_rows: int) -> pa.Table:
+    """Rows ``[start_row, start_row + num_rows)`` of ``id_map/<ntype>.parquet`` (columns
+    ``orig_id``, ``gid``), reading only the row groups that hold them: memory is bounded by the
+    slice (plus at most two partly used row groups), not by the id map. A partition's own nodes
+    are such a slice (``PartitionBook.id_map_rows``)."""
+    path = Path(root) / id_map_path(ntype)
+    try:
+        pf = pq.ParquetFile(path)
+        groups, first = row_groups_for(pf.metadata, start_row, num_rows)
+        if not groups:
+            table = pf.schema_arrow.empty_table()
+        else:
+            table = pf.read_row_groups(groups, columns=list(ID_MAP_COLUMNS))
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
+    if start_row < 0 or first + table.num_rows < start_row + num_rows:
+        raise UserError(f"{path} has no rows {start_row}..{start_row + num_rows - 1} (it has "
+                        f"{pf.metadata.num_rows}); the partition directory is damaged, run "
+                        f"'distgnn partition verify {root}'")
+    return table.slice(start_row - first, num_rows)
 
 
 def read_column(root: str | Path, relpath: str, column: str) -> np.ndarray:
