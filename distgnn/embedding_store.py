@@ -7,24 +7,26 @@ Interface (``EmbeddingStore``), the same one a Ray parameter-server shard will i
   (row-wise Adagrad or Adam) is applied to the touched rows only; untouched rows and their
   optimizer state do not change;
 - ``state_dict()/load_state_dict()``: plain tensors;
-- ``save(path, id_maps)/load(path, id_maps)``: Parquet files keyed by orig id (not gid), holding the
-  rows and their optimizer state, so a checkpoint survives re-partitioning and never needs pickle.
+- ``save(ckpt_dir, partitions_root)/load(ckpt_dir, partitions_root)``: the embedding files of a
+  checkpoint (``distgnn.checkpoint``, format v2): one Parquet file per partition and node type,
+  holding the rows, their orig ids and their optimizer state. Every store writes and reads them
+  through ``checkpoint.write_partition_files`` / ``checkpoint.load_partition_rows``, so a checkpoint
+  moves between backends, survives re-partitioning (re-keyed by orig id) and never needs pickle.
 
 The optimizers are the sparse ("lazy") variants: Adam keeps a per-row step count for its bias
 correction, so a row's update depends only on the gradients that row has received.
 """
 from __future__ import annotations
 
-import json
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from distgnn import checkpoint as ckpt
+from distgnn import format as fmt
 from distgnn.errors import UserError
 
 OPTIMIZERS = ("adagrad", "adam")
@@ -47,23 +49,17 @@ class EmbeddingStore(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
     @abstractmethod
-    def save(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None: ...
+    def save(self, ckpt_dir: str | Path, partitions_root: str | Path) -> dict[str, dict]:
+        """Write ``ckpt_dir/embeddings/{user,item}-PPPPP.parquet`` for every partition of
+        ``partitions_root``; return their ``files`` records for the checkpoint manifest."""
 
     @abstractmethod
-    def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None: ...
+    def load(self, ckpt_dir: str | Path, partitions_root: str | Path) -> None:
+        """Every row (and its optimizer state) from checkpoint ``ckpt_dir`` (format v1 or v2, any
+        partitioning of the same nodes) for the partitions of ``partitions_root``."""
 
     def flush(self) -> None:
         """Wait until every push so far is applied (a store with asynchronous pushes overrides it)."""
-
-
-def _fixed_list(arr: np.ndarray) -> pa.Array:
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
-
-
-def _from_fixed_list(col: pa.ChunkedArray, dim: int) -> np.ndarray:
-    arr = col.combine_chunks()
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
 class LocalEmbeddingStore(EmbeddingStore):
@@ -157,7 +153,7 @@ class LocalEmbeddingStore(EmbeddingStore):
 
     # --- state ----------------------------------------------------------------------------
     def _state_names(self) -> list[str]:
-        return ["weight", "exp_avg", "exp_avg_sq", "step"] if self.optimizer == "adam" else ["weight", "sum_sq"]
+        return ckpt.state_names(self.optimizer)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).clone() for name in self._state_names()}
@@ -174,28 +170,37 @@ class LocalEmbeddingStore(EmbeddingStore):
                                 f"{tuple(cur.shape)}; the checkpoint is from another config or data")
             cur.copy_(state[name].to(cur.device))
 
-    # --- save / load in orig-id space -----------------------------------------------------
-    def save(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
-        """One Parquet file per node type: orig_id, then one column per state tensor."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"optimizer": self.optimizer, "dim": self.dim}
-        for ntype, (gids, orig) in id_maps.items():
-            rows = torch.from_numpy(np.array(gids, dtype=np.int64)).to(self.device)
-            cols = {"orig_id": orig}
-            for name in self._state_names():
-                t = getattr(self, name).index_select(0, rows).cpu().numpy()
-                cols[name] = pa.array(t) if t.ndim == 1 else _fixed_list(t)
-            table = pa.table(cols).replace_schema_metadata({"distgnn": json.dumps(meta)})
-            pq.write_table(table, path / f"{ntype}.parquet")
+    # --- save / load: checkpoint files per partition -------------------------------------------
+    def _book(self, partitions_root: str | Path) -> fmt.PartitionBook:
+        book = fmt.PartitionBook.from_manifest(fmt.load_manifest(partitions_root))
+        if book.num_nodes != self.num_rows:
+            raise UserError(f"{partitions_root} has {book.num_nodes} nodes but the embedding store "
+                            f"{self.num_rows} rows; use the partition directory the run trains on")
+        return book
 
-    def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
-        for ntype, (gids, orig) in id_maps.items():
-            pos, cols = read_rows(Path(path), ntype, orig, self.optimizer, self.dim, self._state_names())
-            rows = torch.from_numpy(np.array(gids, dtype=np.int64)).to(self.device)
-            take = torch.from_numpy(pos)
-            for name, vals in cols.items():
-                getattr(self, name).index_copy_(0, rows, torch.from_numpy(vals)[take].to(self.device))
+    def save(self, ckpt_dir: str | Path, partitions_root: str | Path) -> dict[str, dict]:
+        """The files a PS shard per partition would write (byte for byte): partition ``p``'s rows
+        are the slice ``[gid_start, gid_end)`` of every state tensor."""
+        book = self._book(partitions_root)
+        files: dict[str, dict] = {}
+        for p in range(book.num_parts):
+            a, b = int(book.gid_start[p]), int(book.gid_end[p])
+            state = {n: getattr(self, n)[a:b].cpu().numpy() for n in self._state_names()}
+            files.update(ckpt.write_partition_files(ckpt_dir, partitions_root, p, state, self.optimizer,
+                                                    self.dim))
+        return files
+
+    def load(self, ckpt_dir: str | Path, partitions_root: str | Path) -> None:
+        """Partition by partition (``checkpoint.load_partition_rows``), so at most one partition's
+        rows are held besides the store."""
+        book = self._book(partitions_root)
+        names = self._state_names()
+        for p in range(book.num_parts):
+            rows = ckpt.load_partition_rows(ckpt_dir, partitions_root, p, names,
+                                            optimizer=self.optimizer, dim=self.dim)
+            a, b = int(book.gid_start[p]), int(book.gid_end[p])
+            for n in names:
+                getattr(self, n)[a:b].copy_(torch.from_numpy(rows[n]).to(self.device))
 
 
 def _log(beta: float) -> float:
@@ -206,37 +211,3 @@ def _log(beta: float) -> float:
 def _map_file(path: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
     numel = int(np.prod(shape)) if shape else 1
     return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(*shape)
-
-
-def read_rows(path: Path, ntype: str, orig: pa.Array, optimizer: str, dim: int,
-              names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read ``path/<ntype>.parquet`` written by any embedding store's ``save``.
-
-    Returns ``pos`` (for each node of ``orig``, its row in the file) and the state columns by name,
-    after checking the file matches the optimizer, the dimension and the partition's ids. Both the
-    local and the Ray store load through here, so a checkpoint moves between backends and between
-    numbers of shards.
-    """
-    import pandas as pd
-
-    f = path / f"{ntype}.parquet"
-    try:
-        table = pq.read_table(f)
-    except (OSError, pa.ArrowException) as exc:
-        raise UserError(f"cannot read checkpoint embeddings {f}: {exc}")
-    meta = json.loads((table.schema.metadata or {}).get(b"distgnn", b"{}"))
-    if meta.get("optimizer") != optimizer or meta.get("dim") != dim:
-        raise UserError(f"{f} holds {meta.get('optimizer')} embeddings of dim {meta.get('dim')}, "
-                        f"but the config asks for {optimizer} with dim {dim}; "
-                        f"use a matching config or train a new run")
-    ck_orig = table.column("orig_id").combine_chunks()
-    if ck_orig.type != orig.type:
-        raise UserError(f"{f}: orig ids are {ck_orig.type} but the partitions use {orig.type}; "
-                        f"the checkpoint belongs to other data")
-    pos = pd.Index(ck_orig.to_numpy(zero_copy_only=False)).get_indexer(orig.to_numpy(zero_copy_only=False))
-    if (pos < 0).any():
-        raise UserError(f"{f}: {int((pos < 0).sum())} {ntype}s of the partition directory have "
-                        f"no row in the checkpoint; it belongs to other data")
-    cols = {n: (table.column(n).to_numpy().astype(np.int64) if n == "step"
-                else _from_fixed_list(table.column(n), dim).copy()) for n in names}
-    return pos, cols

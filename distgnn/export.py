@@ -161,7 +161,7 @@ def export_worker(inf, root, manifest: dict, out: Path, rank: int, k: int, user_
     # orig ids: own users from own slices; recommended items one partition's slice at a time
     own_user_orig = {}
     for p in sorted(inf.csc):
-        own_user_orig[p] = fmt.read_id_map_slice(root, "user", *fmt.id_map_rows(manifest, "user", p))[1]
+        own_user_orig[p] = _orig_slice(root, book, "user", p)
     user_orig = pa.concat_arrays([own_user_orig[p] for p in sorted(inf.csc)]) if own_user_orig else None
     flat = top.reshape(-1)
     item_type = pq_schema_type(root, "item")
@@ -173,7 +173,7 @@ def export_worker(inf, root, manifest: dict, out: Path, rank: int, k: int, user_
         order = np.argsort(parts_of, kind="stable")
         for q in np.unique(parts_of):
             sel = order[np.searchsorted(parts_of[order], q):np.searchsorted(parts_of[order], q, side="right")]
-            _, orig_q = fmt.read_id_map_slice(root, "item", *fmt.id_map_rows(manifest, "item", int(q)))
+            orig_q = _orig_slice(root, book, "item", int(q))
             chunks.append(orig_q.take(pa.array(flat[sel] - book.item_gid_start[q])))
             idx[sel] = np.arange(len(sel)) + sum(len(c) for c in chunks[:-1])
         item_orig = pa.concat_arrays(chunks).take(pa.array(idx))
@@ -198,8 +198,7 @@ def export_worker(inf, root, manifest: dict, out: Path, rank: int, k: int, user_
                 off = 0 if ntype == "user" else int(book.item_gid_start[p] - book.gid_start[p])
                 n = int(book.item_gid_start[p] - book.gid_start[p]) if ntype == "user" \
                     else int(book.gid_end[p] - book.item_gid_start[p])
-                orig = own_user_orig[p] if ntype == "user" else \
-                    fmt.read_id_map_slice(root, "item", *fmt.id_map_rows(manifest, "item", p))[1]
+                orig = own_user_orig[p] if ntype == "user" else _orig_slice(root, book, "item", p)
                 for a in range(0, n, 1 << 18):
                     e = min(n, a + (1 << 18))
                     yield embeddings_table(orig.slice(a, e - a), np.asarray(rows[off + a:off + e]), col)
@@ -210,6 +209,13 @@ def export_worker(inf, root, manifest: dict, out: Path, rank: int, k: int, user_
                                                            schema, f"{ntype}_embeddings")
     final.close()
     return files
+
+
+def _orig_slice(root, book, ntype: str, part: int) -> pa.Array:
+    """The orig ids of partition ``part``'s nodes of ``ntype``, in gid order (its id-map slice)."""
+    from distgnn import format as fmt
+
+    return fmt.read_id_map_slice(root, ntype, *book.id_map_rows(part, ntype)).column("orig_id").combine_chunks()
 
 
 def pq_schema_type(root, ntype: str) -> pa.DataType:

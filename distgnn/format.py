@@ -4,6 +4,10 @@
 column names and dtypes, and ``tests/test_format_spec.py`` checks the two agree. Writers
 (``partition.dispatch``) and readers (graph store, evaluation, export) both go through here, so a
 format change is one edit plus a version bump.
+
+``read_id_map_slice`` reads one partition's run of rows of an id map (the row groups that hold it,
+nothing else): checkpoint shards use it to learn their rows' orig ids without loading an id map
+that may hold billions of ids.
 """
 from __future__ import annotations
 
@@ -110,6 +114,24 @@ class PartitionBook:
         part = self.part_of(gid)
         return (gid >= self.item_gid_start[part]).astype(np.int8)
 
+    def id_map_rows(self, part_id: int, ntype: str) -> tuple[int, int]:
+        """(first row, number of rows) of partition ``part_id``'s nodes of ``ntype`` in the
+        gid-sorted ``id_map/<ntype>.parquet``: its users are rows ``sum(num_users of parts < p)``
+        onwards (likewise its items), because gids ascend with the partition."""
+        if not 0 <= part_id < self.num_parts:
+            raise ValueError(f"partition {part_id} is not in a book of {self.num_parts} parts")
+        if ntype == NTYPES[USER]:
+            counts = self.item_gid_start - self.gid_start
+        elif ntype == NTYPES[ITEM]:
+            counts = self.gid_end - self.item_gid_start
+        else:
+            raise ValueError(f"unknown node type {ntype!r}")
+        return int(counts[:part_id].sum()), int(counts[part_id])
+
+    def ntype_gid_start(self, part_id: int, ntype: str) -> int:
+        """The first gid of partition ``part_id``'s nodes of ``ntype``."""
+        return int((self.gid_start if ntype == NTYPES[USER] else self.item_gid_start)[part_id])
+
     def user_gids(self) -> np.ndarray:
         return np.concatenate([np.arange(s, e, dtype=np.int64)
                                for s, e in zip(self.gid_start, self.item_gid_start)])
@@ -184,6 +206,44 @@ def read_table(root: str | Path, relpath: str, columns: list[str] | None = None)
         raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
 
 
+def row_groups_for(metadata: pq.FileMetaData, start_row: int, num_rows: int) -> tuple[list[int], int]:
+    """The row groups of a Parquet file holding rows ``[start_row, start_row + num_rows)``, and the
+    file row at which the first of them begins (so the caller slices from ``start_row - first``)."""
+    groups, first, row = [], start_row, 0
+    end = start_row + num_rows
+    for g in range(metadata.num_row_groups):
+        n = metadata.row_group(g).num_rows
+        if row < end and row + n > start_row and num_rows > 0:
+            if not groups:
+                first = row
+            groups.append(g)
+        row += n
+    return groups, first
+
+
+def read_id_map_slice(root: str | Path, ntype: str, start_row: int, num_rows: int) -> pa.Table:
+    """Rows ``[start_row, start_row + num_rows)`` of ``id_map/<ntype>.parquet`` (columns
+    ``orig_id``, ``gid``), reading only the row groups that hold them: memory is bounded by the
+    slice (plus at most two partly used row groups), not by the id map. A partition's own nodes
+    are such a slice (``PartitionBook.id_map_rows``)."""
+    path = Path(root) / id_map_path(ntype)
+    verify_once(root, id_map_path(ntype))
+    try:
+        pf = pq.ParquetFile(path)
+        groups, first = row_groups_for(pf.metadata, start_row, num_rows)
+        if not groups:
+            table = pf.schema_arrow.empty_table()
+        else:
+            table = pf.read_row_groups(groups, columns=list(ID_MAP_COLUMNS))
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
+    if start_row < 0 or first + table.num_rows < start_row + num_rows:
+        raise UserError(f"{path} has no rows {start_row}..{start_row + num_rows - 1} (it has "
+                        f"{pf.metadata.num_rows}); the partition directory is damaged, run "
+                        f"'distgnn partition verify {root}'")
+    return table.slice(start_row - first, num_rows)
+
+
 def read_column(root: str | Path, relpath: str, column: str) -> np.ndarray:
     return read_table(root, relpath, [column]).column(column).to_numpy()
 
@@ -237,38 +297,3 @@ def read_targets(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     t = read_table(root, targets_path(split), ["user_gid", "item_gid"])
     return t.column("user_gid").to_numpy(), t.column("item_gid").to_numpy()
 
-
-def id_map_rows(manifest: dict[str, Any], ntype: str, part_id: int) -> tuple[int, int]:
-    """(first row, number of rows) of partition ``part_id``'s nodes of ``ntype`` in
-    ``id_map/<ntype>.parquet``: the map is sorted by gid and each partition's users (items) are one
-    contiguous gid range, so they are one contiguous run of rows."""
-    key = "num_users" if ntype == "user" else "num_items"
-    parts = manifest["parts"]
-    return sum(int(p[key]) for p in parts[:part_id]), int(parts[part_id][key])
-
-
-def read_id_map_slice(root: str | Path, ntype: str, start_row: int, num_rows: int) -> tuple[np.ndarray, pa.Array]:
-    """(gid, orig_id) of rows ``[start_row, start_row + num_rows)`` of ``id_map/<ntype>.parquet``,
-    reading only the row groups that hold them (a worker never loads a whole id map)."""
-    path = Path(root) / id_map_path(ntype)
-    verify_once(root, id_map_path(ntype))
-    try:
-        f = pq.ParquetFile(path)
-        md = f.metadata
-        groups, first, row = [], None, 0
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            if row + n > start_row and row < start_row + num_rows:
-                groups.append(g)
-                first = row if first is None else first
-            row += n
-        if not groups or num_rows == 0:
-            schema = f.schema_arrow
-            return np.zeros(0, np.int64), pa.array([], type=schema.field("orig_id").type)
-        t = f.read_row_groups(groups, columns=["gid", "orig_id"])
-    except (OSError, pa.ArrowException) as exc:
-        raise UserError(f"cannot read {path}: {exc}; run 'distgnn partition verify {root}'")
-    t = t.slice(start_row - first, num_rows)
-    if t.num_rows != num_rows:
-        raise UserError(f"{path} has fewer rows than its manifest says; run 'distgnn partition verify {root}'")
-    return t.column("gid").to_numpy(), t.column("orig_id").combine_chunks()

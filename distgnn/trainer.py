@@ -21,9 +21,10 @@ backends run this one loop: the same learning-rate schedule, validation, early s
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,12 @@ class Parts:
     graph: Any
     emb: Any
     model: Any
-    id_maps: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def id_maps(self) -> dict[str, tuple[np.ndarray, pa.Array]]:
+        """Whole id maps, read on first use: only export (``recommend``) needs them; training and
+        checkpoints never do, so a Ray worker does not hold every orig id."""
+        return load_id_maps(self.graph.root)
 
 
 def build(cfg: Config, graph=None, backend: str = "local", emb=None) -> Parts:
@@ -94,7 +100,7 @@ def build(cfg: Config, graph=None, backend: str = "local", emb=None) -> Parts:
                               cfg.embedding.init_std, cfg.embedding.betas, cfg.embedding.eps,
                               seed=cfg.train.seed, device=device)
     model = GATRec(cfg.model).to(device)
-    return Parts(cfg, device, graph, emb, model, load_id_maps(graph.root))
+    return Parts(cfg, device, graph, emb, model)
 
 
 def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Parts, Path]:
@@ -105,7 +111,7 @@ def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Pa
     ckpt.check_compatible(path, meta["config"], cfg.model_dump(mode="json"))
     dense = ckpt.read_dense(path, parts.device)
     parts.model.load_state_dict(dense["model"])
-    parts.emb.load(path / "embeddings", parts.id_maps)
+    parts.emb.load(path, parts.graph.root)
     return parts, path
 
 
@@ -136,8 +142,8 @@ class Runtime:
     """Where the training loop meets its peers; the local backend's version: one process, no peers.
 
     ``distgnn.ray_runtime.worker.RayTrainRuntime`` implements the same hooks for Ray Train workers
-    (equal steps per worker, barriers and broadcasts with deadlines, checkpoints reported to Ray
-    Train), so the epoch loop in ``Trainer.train`` is written once for both backends."""
+    (equal steps per worker, barriers and broadcasts with deadlines, checkpoint paths reported to
+    Ray Train as metrics), so the epoch loop in ``Trainer.train`` is written once for both backends."""
 
     rank = 0
     is_chief = True  # validates, writes checkpoints, decides early stopping
@@ -312,12 +318,14 @@ class Trainer:
         dense = {"model": self.p.model.state_dict(),
                  "optimizer": self.dense_opt.state_dict() if self.dense_opt else {},
                  "rng": {"torch": torch.get_rng_state()}}
+        graph, emb = self.p.graph, self.p.emb
         return ckpt.write(self.run_dir, self.global_step, self._meta(), dense,
-                          lambda d: self.p.emb.save(d, self.p.id_maps), self.cfg.train.keep_checkpoints)
+                          lambda d: emb.save(d, graph.root), self.cfg.train.keep_checkpoints,
+                          ckpt.embeddings_section(graph.manifest, emb.optimizer, emb.dim))
 
     def restore(self, path: Path, embeddings: bool = True) -> None:
-        """Load a checkpoint; ``embeddings=False`` skips the embedding store (in the Ray backend one
-        worker reloads the shared parameter server for all)."""
+        """Load a checkpoint (format v1 or v2); ``embeddings=False`` skips the embedding store (in
+        the Ray backend rank 0 has every PS shard reload its own rows, for all workers)."""
         meta = ckpt.read_meta(path)
         ckpt.check_compatible(path, meta["config"], self.cfg.model_dump(mode="json"))
         dense = ckpt.read_dense(path, self.p.device)
@@ -330,7 +338,7 @@ class Trainer:
                             f"use the run's own config")
         torch.set_rng_state(dense["rng"]["torch"])
         if embeddings:
-            self.p.emb.load(path / "embeddings", self.p.id_maps)
+            self.p.emb.load(path, self.p.graph.root)
         self.epoch, self.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
         self.global_step, self.train_seconds = meta["global_step"], meta["train_seconds"]
         self.best_value, self.bad_evals = meta["best_value"], meta["bad_evals"]

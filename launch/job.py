@@ -61,7 +61,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     ``overwrite``: ``run_dir`` holds a run of ours (``distgnn.rundir.check_out`` said so) to be
     replaced; it is removed only after the partitions, options and cluster resources are checked."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from distgnn import atomic, rundir
@@ -128,8 +128,9 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                        "threads_per_worker": threads, "device": device,
                        "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size, num_workers)}
         use_gpu = gpus_per_worker > 0
-        # A fresh Ray Train run name per invocation: a resumed job starts from our checkpoint
-        # (resume_from), not from Ray's record of the earlier run.
+        # A fresh Ray Train run name per invocation. Ray Train is given no checkpoints (workers
+        # report metrics only): checkpoints are ours (distgnn.checkpoint), resumed from by the
+        # workers themselves (resume_from, or the run's latest after a restart), never copied.
         run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=loop_config,
@@ -143,7 +144,6 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                      timeout_s=int(max(timeout_s, barrier_timeout_s))),
             run_config=RunConfig(name=run_name, storage_path=str((run_dir / "ray").resolve()),
                                  failure_config=FailureConfig(max_failures=max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; OpenMP reads it
                                  # at process start (the worker also sets its threads at run time)
                                  worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}))

@@ -17,7 +17,8 @@ def _final_state(run_dir):
     path = ckpt.latest(run_dir)
     dense = torch.load(path / "dense.pt", weights_only=True)   # no pickle of arbitrary objects
     import pyarrow.parquet as pq
-    emb = {nt: pq.read_table(path / "embeddings" / f"{nt}.parquet").to_pydict() for nt in ("user", "item")}
+    emb = {f.name: pq.read_table(f).to_pydict() for f in sorted((path / "embeddings").glob("*.parquet"))}
+    assert sorted(emb) == ["item-00000.parquet", "item-00001.parquet", "user-00000.parquet", "user-00001.parquet"]
     return dense, emb, ckpt.read_meta(path)
 
 

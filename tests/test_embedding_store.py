@@ -1,10 +1,11 @@
-import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
+from distgnn import format as fmt
 from distgnn.embedding_store import LocalEmbeddingStore
 from distgnn.errors import UserError
+from tests.ckpt_helpers import (V1_DIM, V1_PARTS, assert_state_matches, checkpoint_rows, repartition,
+                                save_checkpoint)
 
 
 @pytest.mark.parametrize("opt", ["adam", "adagrad"])
@@ -62,30 +63,27 @@ def test_gradient_flow_through_pull():
 
 @pytest.mark.parametrize("opt", ["adam", "adagrad"])
 def test_save_load_keyed_by_orig_id(tmp_path, opt):
-    s = LocalEmbeddingStore(6, 3, optimizer=opt, lr=0.1, seed=0)
-    s.push(torch.tensor([0, 1, 4]), torch.randn(3, 3))
-    maps = {"user": (np.array([0, 1, 2]), pa.array(["a", "b", "c"])),
-            "item": (np.array([3, 4, 5]), pa.array(["x", "y", "z"]))}
-    s.save(tmp_path, maps)
-    # the same orig ids under another gid assignment (as after re-partitioning)
-    t = LocalEmbeddingStore(6, 3, optimizer=opt, lr=0.1, seed=9)
-    maps2 = {"user": (np.array([3, 4, 5]), pa.array(["c", "a", "b"])),
-             "item": (np.array([0, 1, 2]), pa.array(["z", "y", "x"]))}
-    t.load(tmp_path, maps2)
-    perm = torch.tensor([5, 4, 3, 2, 0, 1])  # new gid -> old gid
-    for name, val in s.state_dict().items():
-        assert torch.equal(t.state_dict()[name], val[perm]), name
+    """Saved over one partitioning, loaded into another of the same nodes (other gids, as after
+    re-partitioning): every row and its optimizer state follow their orig id."""
+    s = LocalEmbeddingStore(100, V1_DIM, optimizer=opt, lr=0.1, seed=0)
+    s.push(torch.tensor([0, 1, 4, 57, 99]), torch.randn(5, V1_DIM))
+    path = save_checkpoint(s, tmp_path / "run", V1_PARTS)
+    other = repartition(tmp_path / "other", 2, seed=7)
+    t = LocalEmbeddingStore(100, V1_DIM, optimizer=opt, lr=0.1, seed=9)
+    t.load(path, other)
+    assert_state_matches({k: v.numpy() for k, v in t.state_dict().items()}, other, checkpoint_rows(path))
+    assert not torch.equal(t.weight, s.weight), "the other partitioning has other gids"
 
 
-def test_load_rejects_other_optimizer_and_missing_ids(tmp_path):
-    s = LocalEmbeddingStore(2, 3, optimizer="adam")
-    maps = {"user": (np.array([0]), pa.array([10])), "item": (np.array([1]), pa.array([11]))}
-    s.save(tmp_path, maps)
+def test_load_rejects_other_optimizer_and_other_data(tmp_path):
+    path = save_checkpoint(LocalEmbeddingStore(100, V1_DIM, optimizer="adam"), tmp_path / "run", V1_PARTS)
     with pytest.raises(UserError, match="adam"):
-        LocalEmbeddingStore(2, 3, optimizer="adagrad").load(tmp_path, maps)
-    other = {"user": (np.array([0]), pa.array([99])), "item": (np.array([1]), pa.array([11]))}
-    with pytest.raises(UserError, match="no row in the checkpoint"):
-        LocalEmbeddingStore(2, 3, optimizer="adam").load(tmp_path, other)
+        LocalEmbeddingStore(100, V1_DIM, optimizer="adagrad").load(path, V1_PARTS)
+    from tests.train_data import partitioned  # integer ids: the fixture's are strings
+    ints = partitioned(tmp_path / "ints", num_users=30, num_items=20, per_user=5, communities=2)
+    n = fmt.PartitionBook.from_manifest(fmt.load_manifest(ints)).num_nodes
+    with pytest.raises(UserError, match="belongs to other data"):
+        LocalEmbeddingStore(n, V1_DIM, optimizer="adam").load(path, ints)
 
 
 def test_rows_moved_to_shared_files_are_updated_in_place_by_an_attached_store(tmp_path):

@@ -20,10 +20,11 @@ def _spec_tables() -> dict[str, dict[str, str]]:
     tables: dict[str, dict[str, str]] = {}
     current = None
     for line in SPEC.read_text().splitlines():
-        m = re.match(r"^### `(.+)`$", line)
-        if m:
-            current = m.group(1)
-            tables[current] = {}
+        if line.startswith("#"):  # any other heading (e.g. the checkpoint format's) ends a section
+            m = re.match(r"^### `(.+)`$", line)
+            current = m.group(1) if m else None
+            if current:
+                tables[current] = {}
             continue
         m = re.match(r"^\| `(\w+)` \| ([^|]+) \|", line)
         if current and m:

@@ -5,6 +5,7 @@ stdout/stderr attached to their report (distgnn.ray_runtime.testing)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import textwrap
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
@@ -22,7 +22,9 @@ from distgnn.embedding_store import LocalEmbeddingStore
 from distgnn.errors import UserError
 from distgnn.ray_runtime import cluster
 from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards
-from distgnn.ray_runtime.testing import load_id_maps, make_partitions
+from distgnn.ray_runtime.testing import make_partitions
+from tests.ckpt_helpers import (V1_CKPT, V1_DIM, V1_PARTS, assert_state_matches, checkpoint_rows,
+                                repartition, save_checkpoint)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -167,7 +169,6 @@ def test_concurrent_pushes_from_two_clients_add_up(ray_cluster, parts, tmp_path,
 def test_save_then_load_into_other_number_of_shards_is_lossless(ray_cluster, parts, tmp_path, opt):
     root2, root3 = parts[(2, "metis")], parts[(3, "random")]
     book2, book3 = _book(root2), _book(root3)
-    maps2, maps3 = load_id_maps(root2), load_id_maps(root3)
     s2 = create_ps_shards(book2, DIM, optimizer=opt, lr=0.1, seed=5, timeout_s=60)
     s3 = create_ps_shards(book3, DIM, optimizer=opt, lr=0.1, seed=6, timeout_s=60)
     try:
@@ -176,44 +177,83 @@ def test_save_then_load_into_other_number_of_shards_is_lossless(ray_cluster, par
         for _ in range(3):  # some rows touched (optimizer state non-zero), most not
             gids = torch.randint(0, book2.num_nodes, (400,), generator=gen)
             a.push(gids, torch.randn(400, DIM, generator=gen))
-        a.save(tmp_path / "ck", maps2)
+        ck = save_checkpoint(a, tmp_path / "run2", root2)  # every shard writes its own two files
+        assert sorted(p.name for p in (ck / "embeddings").iterdir()) == [
+            "item-00000.parquet", "item-00001.parquet", "user-00000.parquet", "user-00001.parquet"]
+        sa = {k: v.numpy() for k, v in a.state_dict().items()}
+        assert_state_matches(sa, root2, checkpoint_rows(ck))
 
-        b = RayEmbeddingStore(s3, book3, DIM, opt, timeout_s=60)  # 3 shards, other gids
-        b.load(tmp_path / "ck", maps3)
-        sa, sb = a.state_dict(), b.state_dict()
-        # compare by orig id: gid in the 2-part layout -> gid in the 3-part layout
-        for ntype in fmt.NTYPES:
-            ga, oa = maps2[ntype]
-            gb, ob = maps3[ntype]
-            pos = {o: i for i, o in enumerate(ob.to_pylist())}
-            to_b = torch.from_numpy(gb[[pos[o] for o in oa.to_pylist()]])
-            for name in sa:
-                assert torch.equal(sb[name][to_b], sa[name][torch.from_numpy(np.array(ga))]), (ntype, name)
+        b = RayEmbeddingStore(s3, book3, DIM, opt, timeout_s=60)  # 3 shards, other gids: re-keyed
+        b.load(ck, root3)
+        sb = {k: v.numpy() for k, v in b.state_dict().items()}
+        assert_state_matches(sb, root3, checkpoint_rows(ck))
         assert (sa["sum_sq" if opt == "adagrad" else "step"] != 0).any()
 
         # the files are LocalEmbeddingStore's: the in-process store reads them identically
         local = LocalEmbeddingStore(book3.num_nodes, DIM, optimizer=opt, lr=0.1)
-        local.load(tmp_path / "ck", maps3)
+        local.load(ck, root3)
         for name, val in local.state_dict().items():
-            assert torch.equal(val, sb[name]), name
+            np.testing.assert_array_equal(val.numpy(), sb[name], err_msg=name)
         # and a round trip through the 3-shard store writes the same rows again
-        b.save(tmp_path / "ck3", maps3)
-        for ntype in fmt.NTYPES:
-            t2 = pq.read_table(tmp_path / "ck" / f"{ntype}.parquet").sort_by("orig_id")
-            t3 = pq.read_table(tmp_path / "ck3" / f"{ntype}.parquet").sort_by("orig_id")
-            assert t2.equals(t3), ntype
+        ck3 = save_checkpoint(b, tmp_path / "run3", root3)
+        assert_state_matches(sa, root2, checkpoint_rows(ck3))
     finally:
         _kill(s2 + s3)
 
 
 def test_load_rejects_other_optimizer(ray_cluster, parts, tmp_path):
     root = parts[(2, "metis")]
-    book, maps = _book(root), load_id_maps(root)
-    LocalEmbeddingStore(book.num_nodes, DIM, optimizer="adam").save(tmp_path, maps)
+    book = _book(root)
+    ck = save_checkpoint(LocalEmbeddingStore(book.num_nodes, DIM, optimizer="adam"), tmp_path / "run", root)
     shards = create_ps_shards(book, DIM, optimizer="adagrad", timeout_s=60)
     try:
         with pytest.raises(UserError, match="holds adam embeddings"):
-            RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=60).load(tmp_path, maps)
+            RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=60).load(ck, root)
+    finally:
+        _kill(shards)
+
+
+def test_local_and_ray_stores_write_the_same_files(ray_cluster, tmp_path):
+    """Both backends write checkpoint v2 byte for byte alike, so a checkpoint moves between them."""
+    book = _book(V1_PARTS)
+    local = LocalEmbeddingStore(book.num_nodes, V1_DIM, optimizer="adam", lr=0.1, seed=1)
+    local.push(torch.arange(0, book.num_nodes, 3), torch.randn(len(range(0, book.num_nodes, 3)), V1_DIM))
+    shards = create_ps_shards(book, V1_DIM, optimizer="adam", lr=0.1, seed=2, timeout_s=60)
+    try:
+        ray_store = RayEmbeddingStore(shards, book, V1_DIM, "adam", timeout_s=60)
+        ray_store.load_state_dict(local.state_dict())
+        a = save_checkpoint(local, tmp_path / "local", V1_PARTS)
+        b = save_checkpoint(ray_store, tmp_path / "ray", V1_PARTS)
+        fa = json.loads((a / "manifest.json").read_text())["files"]
+        fb = json.loads((b / "manifest.json").read_text())["files"]
+        emb = sorted(rel for rel in fa if rel.startswith("embeddings/"))
+        assert len(emb) == 4 and emb == sorted(rel for rel in fb if rel.startswith("embeddings/"))
+        assert all(fa[rel] == fb[rel] for rel in emb)
+        # and each loads into the other backend
+        ray_store.reset()
+        ray_store.load(a, V1_PARTS)
+        back = LocalEmbeddingStore(book.num_nodes, V1_DIM, optimizer="adam", seed=3)
+        back.load(b, V1_PARTS)
+        for name, val in local.state_dict().items():
+            assert torch.equal(ray_store.state_dict()[name], val), name
+            assert torch.equal(back.state_dict()[name], val), name
+    finally:
+        _kill(shards)
+
+
+@pytest.mark.parametrize("num_parts", [2, 3])
+def test_v1_checkpoint_loads_into_ps_shards(ray_cluster, tmp_path, num_parts):
+    """The committed v1 checkpoint (written before format v2) loads into PS shards: into its own
+    2 partitions, and into a re-partitioning of the same input with 3 (other gids and ranges)."""
+    root = V1_PARTS if num_parts == 2 else repartition(tmp_path / "parts", num_parts)
+    book = _book(root)
+    assert book.num_parts == num_parts
+    shards = create_ps_shards(book, V1_DIM, optimizer="adam", seed=4, timeout_s=60)
+    try:
+        store = RayEmbeddingStore(shards, book, V1_DIM, "adam", timeout_s=60)
+        store.load(V1_CKPT, root)
+        assert_state_matches({k: v.numpy() for k, v in store.state_dict().items()}, root,
+                             checkpoint_rows(V1_CKPT))
     finally:
         _kill(shards)
 

@@ -80,20 +80,40 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     valid = [r for r in recs if r["type"] == "valid"]
     assert [r["epoch"] for r in valid] == list(range(1, EPOCHS + 1))
     assert ckpt.for_inference(run) is not None
-    # the PS snapshot in the checkpoint holds every user and item row
+    # the PS snapshot in the checkpoint holds every user and item row, one file pair per shard
     rows = sum(pq.read_metadata(p).num_rows for p in (last / "embeddings").glob("*.parquet"))
     assert rows >= 200 + 100
+    assert ckpt.read_meta(last)["version"] == 2 and ckpt.verify(last) == 2 * 2 + 2
+    # Ray Train was given no checkpoint: it keeps no second copy of the embeddings (or anything)
+    assert (run / "ray").is_dir(), "Ray Train's storage moved: this check would be vacuous"
+    copies = [p for p in (run / "ray").rglob("*") if p.suffix == ".parquet" or p.name == "dense.pt"]
+    assert not copies, copies
     metrics = _evaluate(run, capsys)
     assert metrics["recall@20"] > 0.1
 
 
 def test_worker_crash_restarts_from_last_checkpoint(uninterrupted, data, capsys):
+    """Workers resume from the run's own latest checkpoint (not Ray Train's): here the run
+    directory first held a finished older run (with later checkpoints and a started marker),
+    which --overwrite removes before the job starts, so the restart finds only this run's."""
+    import shutil
+
+    from distgnn import format as fmt
+    from distgnn.ray_runtime.worker import STARTED_MARKER, steps_per_epoch
+
     run = data["tmp"] / "run-crash"
-    assert _train(data, run, "--set", "train.fault.worker=1", "--set", "train.fault.step=2",
+    shutil.copytree(uninterrupted, run)
+    assert (run / STARTED_MARKER).exists() and ckpt.read_meta(ckpt.latest(run))["epoch"] == EPOCHS
+    assert _train(data, run, "--overwrite", "--set", "train.fault.worker=1", "--set", "train.fault.step=2",
                   "--set", "train.fault.epoch=1") == 0
     assert list(run.glob(".fault-injected-*")), "the fault was not injected"
     last = ckpt.latest(run)
     assert ckpt.read_meta(last)["epoch"] == EPOCHS
+    steps = steps_per_epoch(fmt.load_manifest(data["parts"]), 128)
+    steps0 = [r["step"] for r in read_metrics(run).records if r["type"] == "train" and r["rank"] == 0]
+    rerun = [b for a, b in zip(steps0, steps0[1:]) if b <= a]
+    assert rerun, "no restart: steps were never re-run"
+    assert all(steps < b <= 2 * steps for b in rerun), ("not resumed from the epoch-1 checkpoint", rerun)
     ok, crashed = _evaluate(uninterrupted, capsys), _evaluate(run, capsys)
     assert abs(ok["recall@20"] - crashed["recall@20"]) < 0.05, (ok, crashed)
 

@@ -24,15 +24,18 @@ atomic: concurrent pushes from several workers are serialised, none is lost.
   local KVStore partition through shared memory. Pushes from both paths take the shard's
   ``RowLock`` (``flock``), so they stay atomic with each other (tested: concurrent pushes add
   up); pulls do not lock (a row being updated may be read half-updated, as in Hogwild);
-- ``save``/``load`` write and read the same files as ``LocalEmbeddingStore`` (orig-id keyed
-  Parquet with optimizer state), shard by shard, so a checkpoint moves between the local and the
-  Ray backend and loads into any number of shards (resharding is a re-keying by orig id).
+- checkpoints (format v2, ``distgnn.checkpoint``): ``save`` asks every shard in parallel to write
+  its own two files (``PSShard.save_shard``: its users and items, orig ids from its own slice of
+  the id maps) into the checkpoint's temporary directory, and ``load`` asks every shard to read its
+  own rows (``PSShard.load_shard`` -> ``checkpoint.load_partition_rows``: just its two files when
+  the checkpoint has the same partitions, else a re-keying by orig id bounded by the shard's own
+  rows). No row goes through the client, and the files are those ``LocalEmbeddingStore`` writes,
+  so a checkpoint moves between the local and the Ray backend and between numbers of shards.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import sys
@@ -42,15 +45,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
-from distgnn import atomic
+from distgnn import checkpoint as ckpt
 from distgnn import format as fmt
-from distgnn.embedding_store import (EmbeddingStore, LocalEmbeddingStore, OPTIMIZERS, _fixed_list,
-                                     read_rows)
+from distgnn.embedding_store import EmbeddingStore, LocalEmbeddingStore, OPTIMIZERS
 from distgnn.errors import UserError
 from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, get_with_deadline, wait_ready
 
@@ -59,7 +59,7 @@ VALUE_BYTES = 4
 
 
 def state_names(optimizer: str) -> list[str]:
-    return ["weight", "exp_avg", "exp_avg_sq", "step"] if optimizer == "adam" else ["weight", "sum_sq"]
+    return ckpt.state_names(optimizer)
 
 
 def shard_seed(seed: int, part_id: int) -> int:
@@ -133,6 +133,10 @@ class _PSShard:
 
         if not shm_dir:
             return None
+        from distgnn import atomic
+
+        for d in atomic.sweep_shm(os.path.dirname(shm_dir)):  # killed jobs' leftovers on this node
+            print(f"PSShard {self.part_id}: removed stale shared memory {d}", file=sys.stderr)
         need = sum(t.numel() * t.element_size() for t in self.store.state_dict().values())
         try:
             os.makedirs(shm_dir, exist_ok=True)
@@ -198,22 +202,38 @@ class _PSShard:
         with self.lock:
             self.store.load_state_dict(LocalEmbeddingStore(**self._init_args).state_dict())
 
-    def get_rows(self, gids: np.ndarray) -> dict[str, np.ndarray]:
-        """Weights and optimizer state of the given rows."""
-        local = self._local(gids)
-        return {n: getattr(self.store, n).index_select(0, local).numpy()
-                for n in self.store._state_names()}
+    def _check_partitions(self, partitions_root: str) -> None:
+        """This shard must be partition ``part_id`` of ``partitions_root`` (same gid range)."""
+        book = fmt.PartitionBook.from_manifest(fmt.load_manifest(partitions_root))
+        if (self.part_id >= book.num_parts or int(book.gid_start[self.part_id]) != self.gid_start
+                or int(book.gid_end[self.part_id]) != self.gid_end):
+            raise UserError(f"PSShard {self.part_id} holds gids [{self.gid_start}, {self.gid_end}), which "
+                            f"is not partition {self.part_id} of {partitions_root}; use the partition "
+                            f"directory the shards were created for")
 
-    def set_rows(self, gids: np.ndarray, state: dict[str, np.ndarray]) -> int:
-        local = self._local(gids)
+    def save_shard(self, ckpt_dir: str, partitions_root: str) -> dict[str, dict]:
+        """Write this shard's checkpoint files, ``embeddings/{user,item}-PPPPP.parquet`` (each
+        atomically, fsynced), into the checkpoint's temporary directory ``ckpt_dir``; returns
+        their ``{relpath: {"rows", "bytes", "sha256"}}``. Orig ids come from this partition's own
+        slice of the id maps: the shard never reads more than its own rows."""
+        self._check_partitions(partitions_root)
+        with self.lock:  # a consistent snapshot against co-located pushes
+            state = {n: getattr(self.store, n).numpy() for n in self.store._state_names()}
+            return ckpt.write_partition_files(ckpt_dir, partitions_root, self.part_id, state,
+                                              self.store.optimizer, self.store.dim)
+
+    def load_shard(self, ckpt_path: str, partitions_root: str) -> int:
+        """This shard's rows and optimizer state from checkpoint ``ckpt_path`` (v1 or v2, any
+        partitioning; ``checkpoint.load_partition_rows``), written in place (a co-located trainer
+        may have them mapped); returns the number of rows."""
+        self._check_partitions(partitions_root)
         names = self.store._state_names()
-        if sorted(state) != sorted(names):
-            raise ValueError(f"state has {sorted(state)}, expected {sorted(names)}")
+        rows = ckpt.load_partition_rows(ckpt_path, partitions_root, self.part_id, names,
+                                        optimizer=self.store.optimizer, dim=self.store.dim)
         with self.lock:
             for n in names:
-                cur = getattr(self.store, n)
-                cur.index_copy_(0, local, _tensor(np.asarray(state[n])).to(cur.dtype))
-        return len(local)
+                getattr(self.store, n).copy_(_tensor(rows[n]))
+        return self.gid_end - self.gid_start
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {n: v.numpy() for n, v in self.store.state_dict().items()}
@@ -462,51 +482,26 @@ class RayEmbeddingStore(EmbeddingStore):
             refs.append(s.load_state_dict.remote({n: state[n][a:b].cpu().numpy() for n in names}))
         self._wait(refs, [f"PSShard {p}" for p in range(len(refs))], "load_state_dict")
 
-    # --- save / load in orig-id space -----------------------------------------------------
-    def save(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
-        """The files ``LocalEmbeddingStore.save`` writes, streamed shard by shard."""
+    # --- checkpoints: every shard writes and reads its own files -------------------------------
+    def save(self, ckpt_dir: str | Path, partitions_root: str | Path) -> dict[str, dict]:
+        """Every shard writes its own files into ``ckpt_dir`` in parallel (``PSShard.save_shard``);
+        returns their merged ``files`` records. No row passes through this client."""
         self.flush()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"optimizer": self.optimizer, "dim": self.dim}
-        names = self._state_names()
-        for ntype, (gids, orig) in id_maps.items():
-            gids = np.asarray(gids, dtype=np.int64)
-            order = np.argsort(gids, kind="stable")
-            sorted_gids = gids[order]
-            orig_sorted = orig.take(pa.array(order)) if not np.array_equal(order, np.arange(len(order))) else orig
-            runs = self._split(sorted_gids)
-            refs = [self.shards[p].get_rows.remote(sorted_gids[lo:hi]) for p, lo, hi in runs]
-            schema = pa.schema([pa.field("orig_id", orig.type)]
-                               + [pa.field(n, pa.int64() if n == "step" else pa.list_(pa.float32(), self.dim))
-                                  for n in names]).with_metadata({"distgnn": json.dumps(meta)})
-            with atomic.atomic_file(path / f"{ntype}.parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
-                if not runs:
-                    writer.write_table(schema.empty_table())
-                for (p, lo, hi), ref in zip(runs, refs):
-                    rows = self._wait([ref], [f"PSShard {p}"], f"save of {ntype} rows")[0]
-                    cols = {"orig_id": orig_sorted[lo:hi]}
-                    for n in names:
-                        cols[n] = pa.array(rows[n]) if rows[n].ndim == 1 else _fixed_list(rows[n])
-                    writer.write_table(pa.table(cols, schema=schema))
+        ckpt_dir, root = str(Path(ckpt_dir).resolve()), str(Path(partitions_root).resolve())
+        records = self._wait([s.save_shard.remote(ckpt_dir, root) for s in self.shards],
+                             [f"PSShard {p}" for p in range(len(self.shards))], "checkpoint save")
+        files: dict[str, dict] = {}
+        for rec in records:
+            files.update(rec)
+        return files
 
-    def load(self, path: str | Path, id_maps: dict[str, tuple[np.ndarray, pa.Array]]) -> None:
-        """Rows by orig id from files written by either store, into this store's shards (any
-        number of them: rows are re-keyed by orig id, then routed to their new owners)."""
+    def load(self, ckpt_dir: str | Path, partitions_root: str | Path) -> None:
+        """Every shard reads its own rows of checkpoint ``ckpt_dir`` in parallel
+        (``PSShard.load_shard``): from a checkpoint of any backend or number of shards."""
         self.flush()
-        names = self._state_names()
-        for ntype, (gids, orig) in id_maps.items():
-            pos, cols = read_rows(Path(path), ntype, orig, self.optimizer, self.dim, names)
-            gids = np.asarray(gids, dtype=np.int64)
-            order = np.argsort(gids, kind="stable")
-            sorted_gids, sorted_pos = gids[order], pos[order]
-            refs, who = [], []
-            for p, lo, hi in self._split(sorted_gids):
-                take = sorted_pos[lo:hi]
-                refs.append(self.shards[p].set_rows.remote(
-                    sorted_gids[lo:hi], {n: np.ascontiguousarray(cols[n][take]) for n in names}))
-                who.append(f"PSShard {p}")
-            self._wait(refs, who, f"load of {ntype} rows")
+        ckpt_dir, root = str(Path(ckpt_dir).resolve()), str(Path(partitions_root).resolve())
+        self._wait([s.load_shard.remote(ckpt_dir, root) for s in self.shards],
+                   [f"PSShard {p}" for p in range(len(self.shards))], "checkpoint load")
 
     # --- diagnostics ----------------------------------------------------------------------
     def shard_counters(self) -> list[dict]:

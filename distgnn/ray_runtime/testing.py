@@ -65,14 +65,3 @@ def make_partitions(out_dir, layouts=((2, "metis"),), interactions: int = 20000,
                              out=str(d), num_parts=num_parts, method=method, seed=seed, progress=False))
         dirs[(num_parts, method)] = d
     return dirs
-
-
-def load_id_maps(root) -> dict:
-    """ntype -> (gid, orig_id) from a partition directory's id maps."""
-    from distgnn import format as fmt
-
-    out = {}
-    for ntype in fmt.NTYPES:
-        t = fmt.read_table(root, fmt.id_map_path(ntype))
-        out[ntype] = (t.column("gid").to_numpy(), t.column("orig_id").combine_chunks())
-    return out

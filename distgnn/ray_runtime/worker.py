@@ -16,9 +16,12 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 - **validation** is sharded (``distgnn.inference``): every worker computes the layers of its own
   partitions and ranks its own users; rank 0 adds up the metric sums and its early-stopping
   decision is broadcast;
-- **checkpoints**: rank 0 writes dense weights + a PS snapshot (commit marker last) and reports it
-  to Ray Train; after a restart (``FailureConfig``) every worker resumes from it and the PS shards
-  are reloaded from its snapshot, so no update before it is lost;
+- **checkpoints** (``distgnn.checkpoint``, format v2): rank 0 has every PS shard write its own
+  files into the checkpoint, then writes dense weights, meta and manifest (commit marker last), and
+  reports the checkpoint's path as a metric, never as a Ray Train ``Checkpoint``: Ray Train keeps
+  no second copy under ``RUN/ray``. After a restart (``FailureConfig``) every worker resumes from
+  our own ``checkpoint.latest(run_dir)`` (rank 0 picks it and broadcasts it) and every PS shard
+  reloads its own rows from it, so no update before it is lost;
 - **observability**: each ``train`` record carries the rank, the sampler's and PS client's traffic
   counters, and the stage split of the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
@@ -109,24 +112,29 @@ class RayTrainRuntime(Runtime):
         trainer.forward_model = model
 
     def prepare(self, trainer: Trainer, resume: bool) -> bool:
-        """Resume from Ray Train's checkpoint after a restart, else from ``--resume``'s, else start
-        afresh; after a restart with no checkpoint yet the PS shards are re-initialised, since a
-        restarted shard (or the surviving ones' partial updates) must not leak into the new start."""
-        import ray.train
+        """Where to start: after a restart within this job (``FailureConfig``; the started marker
+        exists), the run's latest committed checkpoint; at the first start, ``--resume``'s
+        checkpoint; else afresh. The run directory holds only this run's checkpoints (an older run
+        was refused, or removed by ``--overwrite`` before the job started), so ``latest`` is this
+        run's. Rank 0 picks and broadcasts it (every worker restores the same one). After a restart
+        with no checkpoint yet the PS shards are re-initialised, since a restarted shard (or the
+        surviving ones' partial updates) must not leak into the new start."""
         import torch.distributed as dist
+
+        from distgnn import checkpoint as ckpt
 
         run_dir = trainer.run_dir
         marker = run_dir / STARTED_MARKER
-        checkpoint = ray.train.get_checkpoint()
-        restored = True
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                trainer.restore(Path(d), embeddings=self.is_chief)
-        elif self.resume_from:
-            trainer.restore(Path(self.resume_from), embeddings=self.is_chief)
-        else:
-            restored = False
-        if not restored and marker.exists() and self.is_chief:
+        restart = marker.exists()
+        chosen = None
+        if self.is_chief:
+            last = ckpt.latest(run_dir) if restart else None
+            chosen = str(last) if last is not None else self.resume_from
+        chosen = self.agree(chosen)
+        restored = chosen is not None
+        if restored:
+            trainer.restore(Path(chosen), embeddings=self.is_chief)
+        if not restored and restart and self.is_chief:
             print("restart before the first checkpoint: re-initialising the parameter server",
                   file=sys.stderr, flush=True)
             self.emb.reset()
@@ -222,13 +230,13 @@ class RayTrainRuntime(Runtime):
         return combine_sums(results, cfg.eval.k, num_items)
 
     def report(self, trainer: Trainer, record: dict, path: Path | None) -> None:
+        """The record, with rank 0's checkpoint path, to Ray Train as metrics only: a Ray Train
+        ``Checkpoint`` would be copied whole into ``RUN/ray`` (a second copy of every embedding),
+        and restarts resume from our own checkpoints anyway (``prepare``)."""
         import ray.train
         import torch.distributed as dist
 
-        if path is not None:
-            ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
-        else:
-            ray.train.report(record)
+        ray.train.report({**record, "checkpoint_path": str(path) if path is not None else None})
         dist.barrier()
 
 
