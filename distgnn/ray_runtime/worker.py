@@ -19,8 +19,8 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 - **checkpoints**: rank 0 writes dense weights + a PS snapshot (commit marker last) and reports it
   to Ray Train; after a restart (``FailureConfig``) every worker resumes from it and the PS shards
   are reloaded from its snapshot, so no update before it is lost;
-- **observability**: each ``train`` record carries the rank, the sampler's and PS client's traffic
-  counters, and the stage split of the issue (sample_local, sample_remote, pull, forward,
+- **observability**: each ``train`` record carries the rank, the worker's peak RSS, the sampler's
+  and PS client's traffic counters (remote degree requests among them), and the stage split of the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
   backward).
 """
@@ -158,7 +158,8 @@ class RayTrainRuntime(Runtime):
                   "all_reduce": self._allreduce["s"]}
         self._last_sampler = sampler
         self._allreduce["s"] = 0.0
-        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()}}
+        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()},
+                "peak_rss_bytes": peak_rss_bytes()}
 
     def barrier(self, what: str) -> None:
         import torch.distributed as dist
@@ -188,6 +189,14 @@ class RayTrainRuntime(Runtime):
         else:
             ray.train.report(record)
         dist.barrier()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB): what the worker's memory
+    bound (docs/architecture.md D28) is measured by."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def worker_device(kind: str) -> str:
