@@ -163,9 +163,7 @@ def check_memory(cfg, manifest: dict, num_workers: int, node_memory: int | None 
     busiest node would need more than the smallest node has."""
     from distgnn.ray_runtime import estimate
 
-    est = estimate.estimate(manifest, cfg.model.dim, cfg.embedding.optimizer, num_workers,
-                            estimate.ray_nodes(node_memory), layers=cfg.model.layers,
-                            validation=bool(cfg.train.eval_every))
+    est = estimate.estimate(manifest, cfg, num_workers, estimate.ray_nodes(node_memory))
     estimate.check(est, overridden=node_memory is not None)
     return est
 
