@@ -76,6 +76,7 @@ def test_estimate_arithmetic():
     batch = estimate.MINIBATCH_EDGE_BYTES * 700 + 16 * 8 * 750
     assert est.worker_bytes == 2 * (estimate.WORKER_BASE_BYTES + batch)
     assert est.validation_bytes == 0 and est.fits
+    assert est.ray_bytes == estimate.RAY_BYTES
     assert est.per_node_bytes == est.total_bytes  # one node holds everything
     # the input layer never exceeds the graph's nodes
     assert estimate.minibatch_bytes(400, 10, 3, False, [4, 2], 8) == \
@@ -92,14 +93,14 @@ def test_estimate_arithmetic():
     est2 = estimate.estimate(m, cfg, 2, two)
     big = estimate.ps_shard_bytes(m["parts"][1], 8, "adam") + estimate.graph_shard_bytes(m["parts"][1])
     assert est2.parts_per_node == 1 and est2.workers_per_node == 1
-    assert est2.per_node_bytes == big + estimate.WORKER_BASE_BYTES + batch
+    assert est2.per_node_bytes == big + estimate.WORKER_BASE_BYTES + batch + estimate.RAY_BYTES
     # validation on rank 0 holds the whole graph and (layers + 1) embedding tables, twice
     est3 = estimate.estimate(m, _cfg(eval_every=1), 2, [node])
     assert est3.validation_bytes == 48 * 2 * 30_000 + 24 * 4000 + 2 * 3 * 4000 * 8 * 4
     # the refusal names the estimate, the node's memory and the fixes
     small = estimate.estimate(m, cfg, 2, [estimate.NodeMemory("a", 2**30, 2)])
     assert not small.fits
-    with pytest.raises(estimate.UserError, match=r"needs about 4\.0 GiB .* has 1\.0 GiB .*model\.dim"):
+    with pytest.raises(estimate.UserError, match=r"needs about 5\.5 GiB .* has 1\.0 GiB .*model\.dim"):
         estimate.check(small)
 
 

@@ -4,8 +4,9 @@ A job that does not fit fails late and badly: a node runs out of memory while th
 at the first validation, and Ray's OOM killer picks some process to kill. The arithmetic here is
 the ``partition estimate`` kind: sizes that follow from the manifest and the config, no
 sampling, so the driver prints it and refuses in milliseconds. The constants are measured
-(docs/architecture.md D28: the 10M-interaction graph with the Gowalla config, 4 partitions,
-2 workers: estimated 13.4 GiB for 13.3 GiB of measured peak RSS summed over the job's processes).
+(docs/architecture.md D28: on the 10M-interaction graph, 4 partitions, 2 workers, the Gowalla
+config estimates 14.4 GiB for 15.2 GiB of peak RSS summed over the job's processes, and with a
+batch of 1024 11.6 GiB for 12.2 GiB).
 
 What is counted, in bytes:
 
@@ -21,6 +22,8 @@ What is counted, in bytes:
   ``min(N, n x (1 + fanout))`` and sampled edges ``n x fanout``; ``MINIBATCH_EDGE_BYTES`` per
   edge (blocks, attention, edge weights, their gradients, the prefetched next minibatch's
   blocks) and ``16 x dim`` B per input node (pulled rows, gradients, device copies);
+- **Ray Train's own actors** (its controller, synchronisation and placement helpers):
+  ``RAY_BYTES`` once, on the busiest node (the raylet and GCS are outside Ray's figures anyway);
 - **validation on rank 0** (``train.eval_every > 0``): today's evaluation loads the whole graph
   into one DGL graph (COO, CSR and CSC: ~48 B per directed edge, 2 per interaction; 24 B per
   node) and holds ``layers + 1`` full embedding tables, twice while it averages them
@@ -49,6 +52,7 @@ WORKER_BASE_BYTES = 2**30          # a Ray Train worker's process, model and own
 MINIBATCH_EDGE_BYTES = 200         # per sampled edge of a minibatch (calibrated, see module doc)
 VALIDATION_EDGE_BYTES = 48
 VALIDATION_NODE_BYTES = 24
+RAY_BYTES = 3 * 2**29              # Ray Train's controller and helper actors of the job (~1.6 GiB)
 
 
 def optimizer_slots(optimizer: str) -> int:
@@ -76,6 +80,7 @@ class MemoryEstimate:
     graph_bytes: int              # all graph shards
     worker_bytes: int             # all training workers
     validation_bytes: int         # rank 0's validation (0 without it)
+    ray_bytes: int                # Ray Train's own actors, on the busiest node
     per_node_bytes: int           # the most one node holds under the placement above
     node_memory_bytes: int        # the smallest node's memory
     parts_per_node: int
@@ -83,7 +88,8 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        return self.embedding_bytes + self.graph_bytes + self.worker_bytes + self.validation_bytes
+        return (self.embedding_bytes + self.graph_bytes + self.worker_bytes + self.validation_bytes
+                + self.ray_bytes)
 
     @property
     def fits(self) -> bool:
@@ -97,7 +103,8 @@ class MemoryEstimate:
                 f"{node} ({self.parts_per_node} of {self.num_parts} partitions, {self.workers_per_node} "
                 f"of {self.num_workers} workers); job total {human_bytes(self.total_bytes)} = PS shards "
                 f"{human_bytes(self.embedding_bytes)}, graph shards {human_bytes(self.graph_bytes)}, "
-                f"workers {human_bytes(self.worker_bytes)}{val}; smallest node has "
+                f"workers {human_bytes(self.worker_bytes)}{val}, Ray {human_bytes(self.ray_bytes)}; "
+                f"smallest node has "
                 f"{human_bytes(self.node_memory_bytes)}")
 
 
@@ -157,9 +164,10 @@ def estimate(manifest: dict[str, Any], cfg, num_workers: int, nodes: Sequence[No
     parts_per_node = math.ceil(len(parts) / k)
     workers_per_node = max(1, min(num_workers, max(int(n.cpus) for n in nodes)))
     per_node = (sum(sorted((a + b for a, b in zip(ps, graph)), reverse=True)[:parts_per_node])
-                + workers_per_node * worker + val)
+                + workers_per_node * worker + val + RAY_BYTES)
     return MemoryEstimate(len(parts), num_workers, k, sum(ps), sum(graph), num_workers * worker, val,
-                          per_node, min(n.memory_bytes for n in nodes), parts_per_node, workers_per_node)
+                          RAY_BYTES, per_node, min(n.memory_bytes for n in nodes), parts_per_node,
+                          workers_per_node)
 
 
 def ray_nodes(node_memory: int | None = None) -> list[NodeMemory]:
