@@ -5,7 +5,7 @@ at the first validation, and Ray's OOM killer picks some process to kill. The ar
 the ``partition estimate`` kind: sizes that follow from the manifest and the config, no
 sampling, so the driver prints it and refuses in milliseconds. The constants are measured
 (docs/architecture.md D28: on the 10M-interaction graph, 4 partitions, 2 workers, the Gowalla
-config estimates 14.4 GiB for 15.2 GiB of peak RSS summed over the job's processes, and with a
+config estimates 14.5 GiB for 15.2 GiB of peak RSS summed over the job's processes, and with a
 batch of 1024 11.6 GiB for 12.2 GiB).
 
 What is counted, in bytes:
