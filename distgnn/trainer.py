@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,9 @@ from distgnn import format as fmt
 from distgnn import metrics as run_metrics
 from distgnn.config import Config
 from distgnn.errors import UserError
+
+if TYPE_CHECKING:
+    from distgnn.sampler import ItemRanges, NegativeSampler
 
 STAGES = ("sample", "pull", "forward", "backward", "push", "dense_step")
 
@@ -125,7 +128,7 @@ def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Pa
     return parts, path
 
 
-def local_items(graph, fraction: float):
+def local_items(graph, fraction: float) -> tuple[ItemRanges | None, float]:
     """(the items of the graph store's local partitions as ``ItemRanges``, fraction) for
     partition-local negatives; (None, 0) for a store without them (the local backend holds every
     partition)."""
@@ -137,7 +140,7 @@ def local_items(graph, fraction: float):
     return ItemRanges.from_book(graph.book, parts), fraction
 
 
-def negative_sampler(cfg: Config, graph):
+def negative_sampler(cfg: Config, graph) -> NegativeSampler:
     """The training negatives over every item of ``graph``'s partition book.
 
     Uniform draws map a position through the per-partition item ranges (``ItemRanges``): no item

@@ -165,3 +165,11 @@ def test_a_job_that_fits_prints_its_estimate_and_trains(ray_cluster, data, capsy
     lines = _our_lines(capsys)
     assert any(line.startswith("distgnn train: memory estimate: ") for line in lines), lines
     assert (out / "run.json").is_file()
+    # each worker reports its peak RSS and its remote degree requests (one per remote partition
+    # touched by a minibatch: edge_norm sym is the default)
+    from distgnn.metrics import read_metrics
+
+    train = [r for r in read_metrics(out).records if r["type"] == "train"]
+    assert {r["rank"] for r in train} == {0, 1}
+    assert all(r["peak_rss_bytes"] > 100 * 2**20 for r in train)
+    assert all(r["traffic"]["degree_requests"] > 0 for r in train)

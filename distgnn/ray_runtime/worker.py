@@ -20,7 +20,8 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
   to Ray Train; after a restart (``FailureConfig``) every worker resumes from it and the PS shards
   are reloaded from its snapshot, so no update before it is lost;
 - **observability**: each ``train`` record carries the rank, the worker's peak RSS, the sampler's
-  and PS client's traffic counters (remote degree requests among them), and the stage split of the issue (sample_local, sample_remote, pull, forward,
+  and PS client's traffic counters (remote degree requests among them), and the stage split of
+  the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
   backward).
 """
