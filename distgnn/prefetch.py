@@ -64,14 +64,30 @@ def prepare_step(trainer: Any, epoch: int, step: int, idx: torch.Tensor) -> Prep
     gen = torch.Generator().manual_seed(s)
     hop_gen = torch.Generator().manual_seed(s)
     mb = trainer.sampler.sample(idx, gen, hop_gen)
-    ew = None
-    if trainer.use_norm:
-        ew = []
-        for block, src in zip(mb.blocks, mb.block_gids):
-            sd = trainer._sqrt_deg[src]
-            u, v = block.edges()
-            ew.append(sd[v] / sd[u])  # sqrt(deg_dst / deg_src), see model.sym_edge_weight
+    ew = sym_edge_weights(trainer.sampler.graph, mb) if trainer.use_norm else None
     return PreparedStep(s, mb, ew)
+
+
+def sym_edge_weights(graph: Any, mb: MiniBatch) -> list[torch.Tensor]:
+    """Per block, ``sqrt(deg_dst / deg_src)`` per edge (``model.sym_edge_weight``), with the
+    degrees of the minibatch's nodes only, asked of the graph store once per minibatch.
+
+    Every block's source nodes are a prefix of the input block's (``input_gids``): the
+    destination nodes of a block are the first source nodes, and they are the source nodes of the
+    next block. So one ``graph.degrees(input_gids)`` call serves every block; the Ray store answers
+    it from the worker's own partitions and one batched call per remote partition, with no table
+    over all nodes (docs/architecture.md D28). The arithmetic is the one of the former per-node
+    table (clamp to 1, float32, sqrt, then divide), so the weights are bit for bit the same."""
+    all_gids = mb.input_gids
+    sqrt_deg = graph.degrees(all_gids).clamp(min=1).to(torch.float32).sqrt()
+    out = []
+    for block, src in zip(mb.blocks, mb.block_gids):
+        n = len(src)
+        sd = sqrt_deg[:n] if torch.equal(src, all_gids[:n]) else \
+            graph.degrees(src).clamp(min=1).to(torch.float32).sqrt()  # not a prefix: ask for it
+        u, v = block.edges()
+        out.append(sd[v] / sd[u])
+    return out
 
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None

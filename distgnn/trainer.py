@@ -21,12 +21,11 @@ backends run this one loop: the same learning-rate schedule, validation, early s
 """
 from __future__ import annotations
 
-import functools
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +37,9 @@ from distgnn import format as fmt
 from distgnn import metrics as run_metrics
 from distgnn.config import Config
 from distgnn.errors import UserError
+
+if TYPE_CHECKING:
+    from distgnn.sampler import ItemRanges, NegativeSampler
 
 STAGES = ("sample", "pull", "forward", "backward", "push", "dense_step")
 
@@ -65,19 +67,30 @@ def load_id_maps(root: str | Path) -> dict[str, tuple[np.ndarray, pa.Array]]:
 
 @dataclass
 class Parts:
-    """The pieces of a training job, built from a config."""
+    """The pieces of a training job, built from a config.
+
+    ``id_maps`` (gid <-> original id of every user and item) is read from the partition directory
+    on first use, not here: only saving or loading embeddings by original id needs it, and a Ray
+    training worker that never does must not hold two arrays over all nodes (docs/architecture.md
+    D28)."""
 
     cfg: Config
     device: torch.device
     graph: Any
     emb: Any
     model: Any
+    _id_maps: dict | None = field(default=None, repr=False)
 
-    @functools.cached_property
+    @property
     def id_maps(self) -> dict[str, tuple[np.ndarray, pa.Array]]:
-        """Whole id maps, read on first use: only export (``recommend``) needs them; training and
-        checkpoints never do, so a Ray worker does not hold every orig id."""
-        return load_id_maps(self.graph.root)
+        """ntype -> (gids, orig ids), loaded (once) when first asked for."""
+        if self._id_maps is None:
+            self._id_maps = load_id_maps(self.graph.root)
+        return self._id_maps
+
+    @property
+    def id_maps_loaded(self) -> bool:
+        return self._id_maps is not None
 
 
 def build(cfg: Config, graph=None, backend: str = "local", emb=None) -> Parts:
@@ -115,15 +128,33 @@ def load_for_inference(run_dir: str | Path, cfg: Config, graph=None) -> tuple[Pa
     return parts, path
 
 
-def local_items(graph, fraction: float) -> tuple[torch.Tensor | None, float]:
-    """(item gids of the graph store's local partitions, fraction) for partition-local negatives;
-    (None, 0) for a store without them (the local backend holds every partition)."""
+def local_items(graph, fraction: float) -> tuple[ItemRanges | None, float]:
+    """(the items of the graph store's local partitions as ``ItemRanges``, fraction) for
+    partition-local negatives; (None, 0) for a store without them (the local backend holds every
+    partition)."""
+    from distgnn.sampler import ItemRanges
+
     parts = getattr(graph, "local_parts", None)
     if not parts or fraction <= 0:
         return None, 0.0
-    book = graph.book
-    return torch.cat([torch.arange(int(book.item_gid_start[p]), int(book.gid_end[p]), dtype=torch.int64)
-                      for p in parts]), fraction
+    return ItemRanges.from_book(graph.book, parts), fraction
+
+
+def negative_sampler(cfg: Config, graph) -> NegativeSampler:
+    """The training negatives over every item of ``graph``'s partition book.
+
+    Uniform draws map a position through the per-partition item ranges (``ItemRanges``): no item
+    array. Only popularity negatives need the items' degrees; then they are asked of the graph
+    store (the Ray store: from the owning shards) and kept as one O(items) table."""
+    from distgnn.sampler import ItemRanges, NegativeSampler
+
+    items = ItemRanges.from_book(graph.book)
+    degrees = None
+    if int(round(cfg.train.num_negatives * cfg.train.popularity_negatives)) > 0:
+        degrees = torch.cat([graph.degrees(torch.arange(int(s), int(e), dtype=torch.int64))
+                             for s, e in zip(graph.book.item_gid_start, graph.book.gid_end)])
+    return NegativeSampler(items, degrees, cfg.train.num_negatives, cfg.train.popularity_negatives,
+                           cfg.train.popularity_alpha, *local_items(graph, cfg.train.local_negatives))
 
 
 def check_eval_split(cfg: Config, manifest: dict, root, ray_backend: bool = False) -> None:
@@ -194,16 +225,13 @@ class Runtime:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, graph=None, backend: str = "local", emb=None):
-        from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler
+        from distgnn.sampler import EdgeMinibatchSampler
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.p = build(cfg, graph, backend, emb)
         g = self.p.graph
-        item_gids = torch.from_numpy(g.book.item_gids())
-        self.negatives = NegativeSampler(item_gids, g.degrees(item_gids), cfg.train.num_negatives,
-                                         cfg.train.popularity_negatives, cfg.train.popularity_alpha,
-                                         *local_items(g, cfg.train.local_negatives))
+        self.negatives = negative_sampler(cfg, g)
         self.sampler = EdgeMinibatchSampler(g, cfg.train.fanouts, cfg.train.batch_size, self.negatives,
                                             cfg.train.seed, cfg.train.shared_negatives)
         params = [q for q in self.p.model.parameters() if q.requires_grad]
@@ -215,9 +243,8 @@ class Trainer:
         self._h2d = HostToDevice(self.p.device)  # per-step host -> device copies (pinned, non-blocking)
         from distgnn.model import make_loss
         self.loss_fn = make_loss(cfg.train)
+        # edge weights from the degrees of each minibatch's nodes (prefetch.sym_edge_weights)
         self.use_norm = cfg.model.edge_norm == "sym" and cfg.model.layers > 0
-        if self.use_norm:
-            self._sqrt_deg = g.degrees(torch.arange(g.num_nodes)).clamp(min=1).to(torch.float32).sqrt()
         # counters (restored on resume)
         self.epoch = 0
         self.step_in_epoch = 0

@@ -53,13 +53,21 @@ def deadlines(cfg, manifest: dict, num_workers: int) -> dict[str, float]:
 def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, address: str | None,
         max_failures: int = 2, fault: dict | None = None, timeout_s: float | None = None,
         stall_timeout_s: float | None = None, resume: bool = False,
-        barrier_timeout_s: float | None = None, overwrite: bool = False) -> dict[str, Any]:
+        barrier_timeout_s: float | None = None, overwrite: bool = False,
+        node_memory: int | None = None) -> dict[str, Any]:
     """Build the Ray job, run it; return Ray Train's final metrics and the last checkpoint's path.
 
     ``resume``: continue the run in ``run_dir`` from its last committed checkpoint (the same
     checkpoint files as the local backend's, so a run may also move between backends).
     ``overwrite``: ``run_dir`` holds a run of ours (``distgnn.rundir.check_out`` said so) to be
-    replaced; it is removed only after the partitions, options and cluster resources are checked."""
+    replaced; it is removed only after the partitions, options and cluster resources are checked.
+    ``node_memory``: bytes per node the memory estimate is compared with, instead of what Ray
+    reports (``--node-memory``).
+
+    Every check that can refuse the job runs before the run directory is touched: the resources
+    (CPU/GPU slots for the workers), the memory estimate (``distgnn.ray_runtime.estimate``, printed
+    on stderr), and the graph shards loading their partitions on their nodes (a partition
+    directory a node cannot read is one ``UserError`` line naming the node)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -109,15 +117,21 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     # is off, would bury the job's progress. The driver prints progress and validation results
     # from the metrics files instead.
     info = cluster.connect(address, timeout_s=60, log_to_driver=False)
+    graph_shards: list = []
+    ps_shards: list = []
+    shm_dir = None
     try:
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
+        est = check_memory(cfg, manifest, num_workers, node_memory)
+        shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
+        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
+        # every check has passed (a refusal is one line, naming the estimate itself)
+        print(f"distgnn train: {est.summary()}", file=sys.stderr, flush=True)
         if overwrite:  # every check has passed: only now is the old run removed
             atomic.discard(run_dir)
         rundir.sweep(run_dir)
         rundir.write_marker(run_dir, "ray")
         atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
-        shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -161,17 +175,27 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
             last = [line for line in text.strip().splitlines() if line.strip()][-1][:300]
             raise RayCallError(f"Ray training failed (after up to {max_failures} restarts): {last}; "
                                f"worker logs are under {info.get('session_dir') or 'the Ray session dir'}")
-        finally:
-            if shm_dir:  # the shards remove their shared rows on their nodes, then go
-                with contextlib.suppress(RayCallError):
-                    cluster.get_with_deadline([s.close.remote() for s in ps_shards], 30, "closing PS shards")
-                shutil.rmtree(shm_dir, ignore_errors=True)
-            for actor in graph_shards + ps_shards:
-                ray.kill(actor)
     finally:
+        if shm_dir and ps_shards:  # the shards remove their shared rows on their nodes, then go
+            with contextlib.suppress(RayCallError):
+                cluster.get_with_deadline([s.close.remote() for s in ps_shards], 30, "closing PS shards")
+        if shm_dir:
+            shutil.rmtree(shm_dir, ignore_errors=True)
+        for actor in graph_shards + ps_shards:
+            ray.kill(actor)
         if owned:
             cluster.shutdown()
     return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir))}
+
+
+def check_memory(cfg, manifest: dict, num_workers: int, node_memory: int | None = None):
+    """The job's memory estimate (``distgnn.ray_runtime.estimate``); a ``UserError`` if the
+    busiest node would need more than the smallest node has."""
+    from distgnn.ray_runtime import estimate
+
+    est = estimate.estimate(manifest, cfg, num_workers, estimate.ray_nodes(node_memory))
+    estimate.check(est, overridden=node_memory is not None)
+    return est
 
 
 def _shm_dir() -> str | None:

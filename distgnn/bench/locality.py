@@ -62,8 +62,8 @@ def _epoch_traffic(root: Path, cfg, num_parts: int, max_steps: int | None, progr
     from distgnn import format as fmt
     from distgnn.ray_runtime.graph_shard import RayGraphStore, create_graph_shards
     from distgnn.ray_runtime.ps import RayEmbeddingStore, create_ps_shards
-    from distgnn.sampler import EdgeMinibatchSampler, NegativeSampler, step_seed
-    from distgnn.trainer import local_items
+    from distgnn.sampler import EdgeMinibatchSampler, step_seed
+    from distgnn.trainer import negative_sampler
 
     book = fmt.PartitionBook.from_manifest(fmt.load_manifest(root))
     graph_shards = create_graph_shards(root, num_parts)
@@ -71,13 +71,10 @@ def _epoch_traffic(root: Path, cfg, num_parts: int, max_steps: int | None, progr
     totals: dict[str, float] = {}
     steps_done = steps_epoch = 0
     try:
-        item_gids = torch.from_numpy(book.item_gids())
         for part in range(num_parts):
             graph = RayGraphStore(root, graph_shards, local_parts=[part])
             store = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, local_parts=[part])
-            negatives = NegativeSampler(item_gids, graph.degrees(item_gids), cfg.train.num_negatives,
-                                        cfg.train.popularity_negatives, cfg.train.popularity_alpha,
-                                        *local_items(graph, cfg.train.local_negatives))
+            negatives = negative_sampler(cfg, graph)
             sampler = EdgeMinibatchSampler(graph, cfg.train.fanouts, cfg.train.batch_size, negatives,
                                            cfg.train.seed, cfg.train.shared_negatives)
             steps = sampler.steps_per_epoch()

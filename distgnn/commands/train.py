@@ -38,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-failures", type=int, default=None, metavar="F",
                    help="ray: worker failures to recover from (restart from the last checkpoint; "
                         f"default {DEFAULT_MAX_FAILURES})")
+    p.add_argument("--node-memory", metavar="SIZE",
+                   help="ray: memory per node (e.g. 64G) to check the job's memory estimate against, "
+                        "instead of what Ray reports (memory + object store of the smallest node); "
+                        "the estimate is printed before training")
     p.add_argument("--epochs", type=int, help="overrides train.epochs")
     p.add_argument("--max-steps", type=int, help="overrides train.max_steps (total steps)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
@@ -67,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     replace = rundir.check_out(out, args.overwrite, args.resume)
     if args.backend == "ray":
         return _run_ray(args, cfg, out, replace)
-    if args.num_workers is not None or args.address or args.gpus_per_worker:
-        raise UserError("--num-workers, --address and --gpus-per-worker need --backend ray")
+    if args.num_workers is not None or args.address or args.gpus_per_worker or args.node_memory:
+        raise UserError("--num-workers, --address, --gpus-per-worker and --node-memory need --backend ray")
     from distgnn.commands import set_threads
     set_threads(cfg.train.threads)
     from distgnn.trainer import Trainer, check_eval_split
@@ -107,7 +111,22 @@ def _run_ray(args: argparse.Namespace, cfg, out: Path, replace: bool) -> int:
 
     fault = cfg.train.fault.model_dump() if cfg.train.fault.worker is not None else None
     max_failures = DEFAULT_MAX_FAILURES if args.max_failures is None else args.max_failures
+    node_memory = parse_size("--node-memory", args.node_memory) if args.node_memory else None
     result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,
-                     max_failures=max_failures, fault=fault, resume=args.resume, overwrite=replace)
+                     max_failures=max_failures, fault=fault, resume=args.resume, overwrite=replace,
+                     node_memory=node_memory)
     print(json.dumps({"run_dir": str(out), **result}))
     return 0
+
+
+def parse_size(option: str, text: str) -> int:
+    """'64G', '512M', '1.5GiB', '1000000' -> bytes (a UserError naming ``option`` otherwise)."""
+    t = text.strip().upper().replace("IB", "").rstrip("B")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        value = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{option} {text!r} is not a positive size; write e.g. 64G or 512M")
+    return int(value)

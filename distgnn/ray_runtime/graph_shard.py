@@ -210,6 +210,10 @@ class _GraphShard:
         # One copy, in shared memory: put it once, then map it back for our own sampling.
         self._ref = ray.put(built.to_arrays())
         del built
+        # Arrow's allocator keeps the freed Parquet decode buffers (~30 B per edge) for reuse
+        # that never comes; hand them back so the shard holds its CSC and little else.
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
         self.csc = PartitionCSC.from_arrays(ray.get(self._ref))
 
     def csc_ref(self) -> list:
@@ -304,7 +308,8 @@ class DistributedNeighborSampler:
     def reset_counters(self) -> None:
         self._counters = {"remote_requests": 0, "remote_seeds": 0, "remote_edges": 0,
                           "local_seeds": 0, "local_edges": 0, "sample_local_s": 0.0,
-                          "sample_remote_wait_s": 0.0}
+                          "sample_remote_wait_s": 0.0, "degree_requests": 0, "degree_nodes_remote": 0,
+                          "degrees_remote_wait_s": 0.0}
 
     def counters(self) -> dict[str, float]:
         return dict(self._counters)
@@ -379,6 +384,45 @@ class DistributedNeighborSampler:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
         return torch.from_numpy(np.concatenate(srcs)), torch.from_numpy(np.concatenate(dsts))
 
+    def degrees(self, gids: torch.Tensor | np.ndarray) -> np.ndarray:
+        """In-degree of each gid (any order, repeats allowed) from its owning partition.
+
+        Gids of the local partitions are read from their mapped CSC; the others go to their
+        GraphShard in one batched call per remote partition, all sent before the local ones are
+        read and then awaited together under the deadline. Nothing is sized by the global node
+        count: memory is O(len(gids)) (docs/architecture.md D28)."""
+        g = np.asarray(gids.cpu().numpy() if torch.is_tensor(gids) else gids, dtype=np.int64).reshape(-1)
+        out = np.empty(len(g), dtype=np.int64)
+        if len(g) == 0:
+            return out
+        if g.min() < 0 or g.max() >= self.book.num_nodes:
+            raise ValueError(f"gids must be in [0, {self.book.num_nodes})")
+        self._ensure_local()
+        parts = self.book.part_of(g)
+        order = np.argsort(parts, kind="stable")
+        bounds = np.searchsorted(parts[order], np.arange(self.book.num_parts + 1))
+        refs, who, where = [], [], []
+        for p in range(self.book.num_parts):  # 1. remote requests first, one per partition
+            lo, hi = int(bounds[p]), int(bounds[p + 1])
+            if lo < hi and p not in self.local:
+                refs.append(self.shards[p].degrees.remote(g[order[lo:hi]]))
+                who.append(f"GraphShard {p}")
+                where.append(order[lo:hi])
+        for p in self.local:  # 2. the local partitions meanwhile
+            lo, hi = int(bounds[p]), int(bounds[p + 1])
+            if lo < hi:
+                out[order[lo:hi]] = self.local[p].degrees(g[order[lo:hi]])
+        if refs:  # 3. the remote answers
+            t = time.perf_counter()
+            results = get_with_deadline(refs, self.timeout_s, f"degrees of {sum(map(len, where))} remote nodes",
+                                        who)
+            self._counters["degrees_remote_wait_s"] += time.perf_counter() - t
+            for idx, deg in zip(where, results):
+                out[idx] = deg
+            self._counters["degree_requests"] += len(refs)
+            self._counters["degree_nodes_remote"] += int(sum(map(len, where)))
+        return out
+
     def sample_block(self, seed_gids: torch.Tensor, fanout: int,
                      exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
                      rng_seed: int | None = None):
@@ -422,7 +466,6 @@ class RayGraphStore(GraphStore):
             raise ValueError("a RayGraphStore trains at least one local partition")
         self.timeout_s = float(timeout_s)
         self.sampler = DistributedNeighborSampler(graph_shards, self.book, self.local_parts, timeout_s)
-        self._degrees: torch.Tensor | None = None
 
     def train_interactions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(user_gid, item_gid) of the local partitions' training interactions."""
@@ -432,13 +475,9 @@ class RayGraphStore(GraphStore):
                 torch.from_numpy(np.concatenate([i for _, i in pairs])))
 
     def degrees(self, gids: torch.Tensor) -> torch.Tensor:
-        if self._degrees is None:  # one int64 per node; every shard contributes its owned rows
-            refs = [s.degrees.remote(np.arange(self.book.gid_start[p], self.book.gid_end[p]))
-                    for p, s in enumerate(self.sampler.shards)]
-            parts = get_with_deadline(refs, self.timeout_s, "degrees",
-                                      [f"GraphShard {p}" for p in range(len(refs))])
-            self._degrees = torch.from_numpy(np.concatenate(parts).astype(np.int64))
-        return self._degrees[gids]
+        """From the owning partitions, per call (``DistributedNeighborSampler.degrees``): no
+        per-node table is kept, so a training worker asks for its minibatch's nodes only."""
+        return torch.from_numpy(self.sampler.degrees(gids))
 
     def sample_block(self, seed_gids: torch.Tensor, fanout: int,
                      exclude: tuple[torch.Tensor, torch.Tensor] | None = None,

@@ -22,8 +22,9 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
   no second copy under ``RUN/ray``. After a restart (``FailureConfig``) every worker resumes from
   our own ``checkpoint.latest(run_dir)`` (rank 0 picks it and broadcasts it) and every PS shard
   reloads its own rows from it, so no update before it is lost;
-- **observability**: each ``train`` record carries the rank, the sampler's and PS client's traffic
-  counters, and the stage split of the issue (sample_local, sample_remote, pull, forward,
+- **observability**: each ``train`` record carries the rank, the worker's peak RSS, the sampler's
+  and PS client's traffic counters (remote degree requests among them), and the stage split of
+  the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
   backward).
 """
@@ -165,7 +166,8 @@ class RayTrainRuntime(Runtime):
                   "all_reduce": self._allreduce["s"]}
         self._last_sampler = sampler
         self._allreduce["s"] = 0.0
-        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()}}
+        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()},
+                "peak_rss_bytes": peak_rss_bytes()}
 
     def barrier(self, what: str) -> None:
         import torch.distributed as dist
@@ -238,6 +240,14 @@ class RayTrainRuntime(Runtime):
 
         ray.train.report({**record, "checkpoint_path": str(path) if path is not None else None})
         dist.barrier()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB): what the worker's memory
+    bound (docs/architecture.md D28) is measured by."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def worker_device(kind: str) -> str:
