@@ -155,7 +155,9 @@ def test_unreadable_partition_on_a_node_is_one_line_before_training(ray_cluster,
                  "--num-workers", "2", "--out", str(out)]) == 2
     lines = _our_lines(capsys)
     assert len(lines) == 1, lines
-    assert "graph shard 1 on node" in lines[0] and "cannot read" in lines[0] and "edges.parquet" in lines[0]
+    # the shard's first open checks the file's sha256 against the manifest (docs/format.md)
+    assert "graph shard 1 on node" in lines[0] and "edges.parquet" in lines[0]
+    assert "does not match the sha256" in lines[0]
     assert not out.exists(), "the run directory was written before the shards were checked"
 
 
