@@ -137,7 +137,8 @@ def export_worker(inf, root, manifest: dict, out: Path, rank: int, k: int, user_
     user batch of scores, and its users' top-k; item orig ids are looked up one partition's
     id-map slice at a time."""
     from distgnn import format as fmt
-    from distgnn.inference import ItemRows, StageFiles, known_and_truth, sample_users, topk_blocked
+    from distgnn.inference import (ItemRows, StageFiles, block_rows_for, known_and_truth, sample_users,
+                                   topk_blocked)
 
     book = inf.book
     params = manifest.get("params", {})
@@ -147,7 +148,7 @@ def export_worker(inf, root, manifest: dict, out: Path, rank: int, k: int, user_
     final = StageFiles(inf.work, "final", book)
     num_users = int((book.item_gid_start - book.gid_start).sum())
     keep = np.nonzero(sample_users(users, max_users, num_users, seed))[0]
-    items = ItemRows(final, book, item_budget)
+    items = ItemRows(final, book, item_budget, block_rows_for(user_batch))
     tops, scores = [], []
     for a in range(0, len(keep), user_batch):
         sel = keep[a:a + user_batch]

@@ -52,9 +52,11 @@ import torch
 from distgnn import atomic
 from distgnn import format as fmt
 
-# A chunk of halo rows gathered at once: bounded so a worker never materialises a large
-# fraction of another partition's layer.
+# Item rows are gathered into memory when they fit this (eval.item_budget_bytes' default).
 DEFAULT_ITEM_BUDGET = 1 << 30
+# One user batch's score matrix against one item block is at most this: the block's rows are
+# chosen from the user batch (4.7M items x 2048 users would be 38 GB in one matrix).
+SCORE_BUDGET = 1 << 28
 
 
 def assigned_parts(rank: int, num_workers: int, num_parts: int) -> list[int]:
@@ -307,34 +309,35 @@ def known_and_truth(root: str | Path, manifest: dict, book: fmt.PartitionBook, c
 
 # --- ranking ------------------------------------------------------------------------------------
 class ItemRows:
-    """The items' final rows as score blocks: one in-memory block when they fit in ``budget``
-    bytes, else one memory-mapped block per partition (split to at most ``budget`` bytes)."""
+    """The items' final rows as score blocks of consecutive item gids: gathered into memory when
+    they fit in ``budget`` bytes, else memory-mapped from the final files; either way each block
+    has at most ``block_rows`` rows, so one user batch's score matrix stays within
+    ``SCORE_BUDGET`` (``block_rows_for``)."""
 
-    def __init__(self, final: StageFiles, book: fmt.PartitionBook, budget: int = DEFAULT_ITEM_BUDGET):
+    def __init__(self, final: StageFiles, book: fmt.PartitionBook, budget: int = DEFAULT_ITEM_BUDGET,
+                 block_rows: int = 1 << 16):
         self.book = book
         self.blocks: list[tuple[int, np.ndarray]] = []  # (first item gid, rows)
         dim = final.rows(0).shape[1]
         num_items = int((book.gid_end - book.item_gid_start).sum())
-        per_row = dim * 4
-        if num_items * per_row <= budget:  # all-gathered
-            gids = book.item_gids()
-            rows = final.gather(gids)
-            # items of consecutive partitions are not consecutive gids: keep (gid offsets) per part
-            pos = 0
-            for p in range(book.num_parts):
-                n = int(book.gid_end[p] - book.item_gid_start[p])
-                if n:
-                    self.blocks.append((int(book.item_gid_start[p]), rows[pos:pos + n]))
-                pos += n
-            self.in_memory = True
-        else:
-            step = max(1, budget // per_row)
-            for p in range(book.num_parts):
-                a = int(book.item_gid_start[p] - book.gid_start[p])
-                r = final.rows(p)
-                for s in range(a, r.shape[0], step):
-                    self.blocks.append((int(book.gid_start[p]) + s, r[s:min(s + step, r.shape[0])]))
-            self.in_memory = False
+        self.in_memory = num_items * dim * 4 <= budget
+        for p in range(book.num_parts):
+            a = int(book.item_gid_start[p] - book.gid_start[p])
+            r = final.rows(p)
+            if self.in_memory:  # all-gathered: a private copy, no page faults while ranking
+                r = np.array(r[a:])
+                a = 0
+                first = int(book.item_gid_start[p])
+            else:
+                first = int(book.gid_start[p])
+            for s in range(a, r.shape[0], block_rows):
+                self.blocks.append((first + s - a if self.in_memory else first + s,
+                                    r[s:min(s + block_rows, r.shape[0])]))
+
+
+def block_rows_for(user_batch: int) -> int:
+    """Item rows per score block: ``user_batch x rows x 4 B`` within ``SCORE_BUDGET``."""
+    return max(1024, SCORE_BUDGET // (4 * max(user_batch, 1)))
 
 
 @torch.no_grad()
@@ -419,7 +422,7 @@ def rank_worker_users(inf: ShardedInference, root: str | Path, manifest: dict, s
     keep = has & sample_users(users, max_users, num_users, seed)
     sel_all = np.nonzero(keep)[0]
     result = RankResult(sums=dict.fromkeys(METRIC_KEYS, 0.0) | {"num_users": 0})
-    items = ItemRows(final, book, item_budget) if protocol == "full" else None
+    items = ItemRows(final, book, item_budget, block_rows_for(user_batch)) if protocol == "full" else None
     rec_sets = []
     for a in range(0, len(sel_all), user_batch):
         sel = sel_all[a:a + user_batch]

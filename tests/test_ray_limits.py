@@ -50,7 +50,8 @@ def _manifest(rows: list[int], edges: list[int], interactions: list[int]) -> dic
         parts.append({"gid_start": start, "item_gid_start": start + r // 2, "gid_end": start + r,
                       "num_edges": e, "num_train_interactions": i})
         start += r
-    return {"parts": parts, "num_interactions": sum(interactions)}
+    return {"parts": parts, "num_interactions": sum(interactions),
+            "num_nodes": {"user": sum(r // 2 for r in rows), "item": sum(r - r // 2 for r in rows)}}
 
 
 def _cfg(**train):
@@ -68,16 +69,22 @@ def test_estimate_arithmetic():
     cfg = _cfg()
     est = estimate.estimate(m, cfg, num_workers=2, nodes=[node])
     row = 8 * 4 * 3 + 8  # weight + exp_avg + exp_avg_sq + step
-    assert est.embedding_bytes == 2 * 4000 * row + 2 * estimate.ACTOR_BYTES
-    assert est.graph_bytes == 8 * (1001 + 3001) + (8 + estimate.GRAPH_LOAD_BYTES_PER_EDGE) * 60_000 \
-        + 2 * estimate.ACTOR_BYTES
+    A = estimate.ACTOR_BYTES
+    # steady state: PS rows once (in shared memory), graph shards their CSC
+    assert est.embedding_bytes == 4000 * row + 2 * A
+    assert est.graph_bytes == 8 * (1001 + 3001) + 8 * 60_000 + 2 * A
     # minibatch: 10 x (2 + 3) = 50 seeds; hop fanout 2 -> 100 edges, 150 nodes; fanout 4 -> 600
     # edges, 750 input nodes
     batch = estimate.MINIBATCH_EDGE_BYTES * 700 + 16 * 8 * 750
     assert est.worker_bytes == 2 * (estimate.WORKER_BASE_BYTES + batch)
     assert est.validation_bytes == 0 and est.fits
     assert est.ray_bytes == estimate.RAY_BYTES
-    assert est.per_node_bytes == est.total_bytes  # one node holds everything
+    # the three phases of one node holding everything: shards loading; PS rows built (twice) beside
+    # the loaded CSCs; training
+    load = 8 * (1001 + 3001) + (8 + estimate.GRAPH_LOAD_BYTES_PER_EDGE) * 60_000 + 2 * A
+    build = 8 * (1001 + 3001) + 8 * 60_000 + 2 * A + 2 * 4000 * row + 2 * A
+    assert est.phases == {"load": load, "build": build, "train": est.total_bytes}
+    assert est.per_node_bytes == max(load, build, est.total_bytes)
     # the input layer never exceeds the graph's nodes
     assert estimate.minibatch_bytes(400, 10, 3, False, [4, 2], 8) == \
         estimate.MINIBATCH_EDGE_BYTES * (100 + 150 * 4) + 16 * 8 * 400
@@ -86,21 +93,27 @@ def test_estimate_arithmetic():
     # adagrad keeps one slot and no step counter
     cfg_ada = _cfg()
     cfg_ada.embedding.optimizer = "adagrad"
-    assert estimate.estimate(m, cfg_ada, 2, [node]).embedding_bytes == \
-        2 * 4000 * 8 * 4 * 2 + 2 * estimate.ACTOR_BYTES
+    assert estimate.estimate(m, cfg_ada, 2, [node]).embedding_bytes == 4000 * 8 * 4 * 2 + 2 * A
     # two 1-CPU nodes: each holds one partition (the larger one assumed) and one worker
     two = [estimate.NodeMemory("a", 2**40, 1), estimate.NodeMemory("b", 2**40, 1)]
     est2 = estimate.estimate(m, cfg, 2, two)
-    big = estimate.ps_shard_bytes(m["parts"][1], 8, "adam") + estimate.graph_shard_bytes(m["parts"][1])
+    p1 = m["parts"][1]
     assert est2.parts_per_node == 1 and est2.workers_per_node == 1
-    assert est2.per_node_bytes == big + estimate.WORKER_BASE_BYTES + batch + estimate.RAY_BYTES
-    # validation on rank 0 holds the whole graph and (layers + 1) embedding tables, twice
+    assert est2.phases["train"] == (estimate.ps_shard_bytes(p1, 8, "adam", building=False)
+                                    + estimate.graph_shard_bytes(p1, loading=False)
+                                    + estimate.WORKER_BASE_BYTES + batch + estimate.RAY_BYTES)
+    # sharded validation (D29), per worker: item rows (under the budget), one score block (and
+    # top-k's copy), one inference chunk of eval.node_batch nodes' in-edges; a worker's peak is
+    # the larger of a minibatch and a validation
     est3 = estimate.estimate(m, _cfg(eval_every=1), 2, [node])
-    assert est3.validation_bytes == 48 * 2 * 30_000 + 24 * 4000 + 2 * 3 * 4000 * 8 * 4
+    chunk = int(estimate.MINIBATCH_EDGE_BYTES * 16384 * (2 * 30_000 / 4000))
+    per_worker = 2000 * 8 * 4 + 2 * estimate.SCORE_BUDGET + chunk
+    assert est3.validation_bytes == 2 * per_worker
+    assert est3.worker_bytes == 2 * (estimate.WORKER_BASE_BYTES + max(batch, per_worker))
     # the refusal names the estimate, the node's memory and the fixes
     small = estimate.estimate(m, cfg, 2, [estimate.NodeMemory("a", 2**30, 2)])
     assert not small.fits
-    with pytest.raises(estimate.UserError, match=r"needs about 5\.5 GiB .* has 1\.0 GiB .*model\.dim"):
+    with pytest.raises(estimate.UserError, match=r"needs about 5\.\d GiB .* has 1\.0 GiB .*model\.dim"):
         estimate.check(small)
 
 

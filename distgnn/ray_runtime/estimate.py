@@ -24,11 +24,14 @@ What is counted, in bytes:
   blocks) and ``16 x dim`` B per input node (pulled rows, gradients, device copies);
 - **Ray Train's own actors** (its controller, synchronisation and placement helpers):
   ``RAY_BYTES`` once, on the busiest node (the raylet and GCS are outside Ray's figures anyway);
-- **validation on rank 0** (``train.eval_every > 0``): today's evaluation loads the whole graph
-  into one DGL graph (COO, CSR and CSC: ~48 B per directed edge, 2 per interaction; 24 B per
-  node) and holds ``layers + 1`` full embedding tables, twice while it averages them
-  (``evaluation.infer_all``).
+- **validation** (``train.eval_every > 0``), per worker, sharded (``distgnn.inference``, D29): the
+  item rows it ranks against (all of them up to ``eval.item_budget_bytes``), one user batch's
+  scores against them, and one inference chunk (``eval.node_batch`` nodes and their in-edges); a
+  worker validates between steps, so its peak is the larger of a minibatch and a validation.
 
+The phases of a job do not peak together: the graph shards load first (their Parquet decode is
+transient), then the PS shards build their rows and copy them to shared memory (twice their size
+for a moment), then the workers train. A node's need is the largest of the three phases.
 Placement follows ``launch.job``: graph shards are SPREAD over the nodes and each partition's PS
 shard sits beside its graph shard, so a node holds at most ``ceil(P / N)`` partitions (the largest
 ones are assumed); Ray Train packs workers, so a node may hold as many workers as its CPUs allow.
@@ -50,8 +53,8 @@ ACTOR_BYTES = 2**29                # an actor process with torch, DGL and Ray im
 GRAPH_LOAD_BYTES_PER_EDGE = 48     # Parquet decode + src/dst arrays + CSC build (p100m part 0: 47)
 WORKER_BASE_BYTES = 2**30          # a Ray Train worker's process, model and own interactions
 MINIBATCH_EDGE_BYTES = 200         # per sampled edge of a minibatch (calibrated, see module doc)
-VALIDATION_EDGE_BYTES = 48
-VALIDATION_NODE_BYTES = 24
+DEFAULT_ITEM_BUDGET = 2**30         # eval.item_budget_bytes' default (distgnn.inference)
+SCORE_BUDGET = 2**28                # one score block (distgnn.inference.SCORE_BUDGET)
 RAY_BYTES = 3 * 2**29              # Ray Train's controller and helper actors of the job (~1.6 GiB)
 
 
@@ -76,20 +79,21 @@ class MemoryEstimate:
     num_parts: int
     num_workers: int
     num_nodes: int
-    embedding_bytes: int          # all PS shards
-    graph_bytes: int              # all graph shards
-    worker_bytes: int             # all training workers
-    validation_bytes: int         # rank 0's validation (0 without it)
+    embedding_bytes: int          # all PS shards, steady (rows + optimizer state, shared memory)
+    graph_bytes: int              # all graph shards, steady (CSC + actor)
+    worker_bytes: int             # all training workers (each: process + max(minibatch, validation))
+    validation_bytes: int         # all workers' validation share (0 without it)
     ray_bytes: int                # Ray Train's own actors, on the busiest node
-    per_node_bytes: int           # the most one node holds under the placement above
+    per_node_bytes: int           # the most one node holds, in its busiest phase
     node_memory_bytes: int        # the smallest node's memory
     parts_per_node: int
     workers_per_node: int
+    phases: dict = None           # busiest node's need per phase: load, build, train
 
     @property
     def total_bytes(self) -> int:
-        return (self.embedding_bytes + self.graph_bytes + self.worker_bytes + self.validation_bytes
-                + self.ray_bytes)
+        """The training phase's need over the whole job (a worker's figure covers its validation)."""
+        return self.embedding_bytes + self.graph_bytes + self.worker_bytes + self.ray_bytes
 
     @property
     def fits(self) -> bool:
@@ -98,27 +102,34 @@ class MemoryEstimate:
     def summary(self) -> str:
         """One line for the job's output."""
         node = "node" if self.num_nodes == 1 else "nodes"
-        val = f", validation {human_bytes(self.validation_bytes)}" if self.validation_bytes else ""
+        val = (f" (a validation takes {human_bytes(self.validation_bytes // max(self.num_workers, 1))} "
+               f"per worker)" if self.validation_bytes else "")
+        phase = max(self.phases or {"train": 0}, key=lambda k: (self.phases or {"train": 0})[k])
         return (f"memory estimate: {human_bytes(self.per_node_bytes)} on the busiest of {self.num_nodes} "
-                f"{node} ({self.parts_per_node} of {self.num_parts} partitions, {self.workers_per_node} "
-                f"of {self.num_workers} workers); job total {human_bytes(self.total_bytes)} = PS shards "
+                f"{node} at its peak ({phase} phase; "
+                + ", ".join(f"{k} {human_bytes(v)}" for k, v in (self.phases or {}).items()) + "): "
+                f"{self.parts_per_node} of {self.num_parts} partitions, {self.workers_per_node} "
+                f"of {self.num_workers} workers; job total {human_bytes(self.total_bytes)} = PS shards "
                 f"{human_bytes(self.embedding_bytes)}, graph shards {human_bytes(self.graph_bytes)}, "
                 f"workers {human_bytes(self.worker_bytes)}{val}, Ray {human_bytes(self.ray_bytes)}; "
                 f"smallest node has "
                 f"{human_bytes(self.node_memory_bytes)}")
 
 
-def ps_shard_bytes(part: dict[str, Any], dim: int, optimizer: str) -> int:
-    """One partition's PS shard at its peak (rows built, then copied to shared memory)."""
+def ps_shard_bytes(part: dict[str, Any], dim: int, optimizer: str, building: bool = True) -> int:
+    """One partition's PS shard: while building (rows built, then copied to shared memory: twice)
+    or steady (once, in shared memory), plus the actor process."""
     rows = int(part["gid_end"]) - int(part["gid_start"])
     row = dim * FLOAT_BYTES * (1 + optimizer_slots(optimizer)) + (ID_BYTES if optimizer == "adam" else 0)
-    return 2 * rows * row + ACTOR_BYTES
+    return (2 if building else 1) * rows * row + ACTOR_BYTES
 
 
-def graph_shard_bytes(part: dict[str, Any]) -> int:
-    """One partition's graph shard at its peak (loading), CSC included."""
+def graph_shard_bytes(part: dict[str, Any], loading: bool = True) -> int:
+    """One partition's graph shard: while loading (Parquet decode, CSC build) or steady (the CSC in
+    the object store, its trainer mapping the same pages), plus the actor process."""
     rows, edges = int(part["gid_end"]) - int(part["gid_start"]), int(part["num_edges"])
-    return ID_BYTES * (rows + 1) + (ID_BYTES + GRAPH_LOAD_BYTES_PER_EDGE) * edges + ACTOR_BYTES
+    load = GRAPH_LOAD_BYTES_PER_EDGE * edges if loading else 0
+    return ID_BYTES * (rows + 1) + (ID_BYTES * edges + load) + ACTOR_BYTES
 
 
 def minibatch_bytes(num_nodes: int, batch_size: int, num_negatives: int, shared_negatives: bool,
@@ -133,20 +144,28 @@ def minibatch_bytes(num_nodes: int, batch_size: int, num_negatives: int, shared_
     return MINIBATCH_EDGE_BYTES * edges + 4 * FLOAT_BYTES * dim * n
 
 
-def worker_bytes(cfg, num_nodes: int) -> int:
-    """One training worker's peak: process, model, own interactions, one minibatch."""
-    t = cfg.train
-    return WORKER_BASE_BYTES + minibatch_bytes(num_nodes, t.batch_size, t.num_negatives, t.shared_negatives,
-                                               t.fanouts, cfg.model.dim)
-
-
-def validation_bytes(manifest: dict[str, Any], dim: int, layers: int) -> int:
-    """Rank 0's validation as evaluation.infer_all does it today (the whole graph in one process)."""
+def validation_worker_bytes(manifest: dict[str, Any], cfg) -> int:
+    """One worker's sharded validation (D29): item rows (all, up to the budget), one user batch's
+    scores against them, one inference chunk's edges."""
     parts = manifest["parts"]
-    num_nodes = sum(int(p["gid_end"]) - int(p["gid_start"]) for p in parts)
-    interactions = int(manifest.get("num_interactions") or sum(int(p["num_train_interactions"]) for p in parts))
-    return (VALIDATION_EDGE_BYTES * 2 * interactions + VALIDATION_NODE_BYTES * num_nodes
-            + 2 * (layers + 1) * num_nodes * dim * FLOAT_BYTES)
+    nodes = sum(int(p["gid_end"]) - int(p["gid_start"]) for p in parts)
+    items = int(manifest["num_nodes"]["item"])
+    row = cfg.model.dim * FLOAT_BYTES
+    budget = cfg.eval.item_budget_bytes or DEFAULT_ITEM_BUDGET
+    item_rows = min(items * row, budget)
+    scores = 2 * SCORE_BUDGET  # one score block (inference.SCORE_BUDGET), and top-k's copy
+    avg_in = 2 * int(manifest.get("num_interactions") or 0) / max(nodes, 1)
+    chunk = int(MINIBATCH_EDGE_BYTES * cfg.eval.node_batch * avg_in)
+    return item_rows + scores + chunk
+
+
+def worker_bytes(cfg, num_nodes: int, validation: int = 0) -> int:
+    """One training worker's peak: process, model, own interactions, and the larger of one
+    minibatch and one validation."""
+    t = cfg.train
+    return WORKER_BASE_BYTES + max(minibatch_bytes(num_nodes, t.batch_size, t.num_negatives,
+                                                   t.shared_negatives, t.fanouts, cfg.model.dim),
+                                   validation)
 
 
 def estimate(manifest: dict[str, Any], cfg, num_workers: int, nodes: Sequence[NodeMemory]) -> MemoryEstimate:
@@ -156,18 +175,27 @@ def estimate(manifest: dict[str, Any], cfg, num_workers: int, nodes: Sequence[No
         raise UserError("the Ray cluster reports no alive node; check 'ray status'")
     parts = manifest["parts"]
     num_nodes = sum(int(p["gid_end"]) - int(p["gid_start"]) for p in parts)
-    ps = [ps_shard_bytes(p, cfg.model.dim, cfg.embedding.optimizer) for p in parts]
-    graph = [graph_shard_bytes(p) for p in parts]
-    worker = worker_bytes(cfg, num_nodes)
-    val = validation_bytes(manifest, cfg.model.dim, cfg.model.layers) if cfg.train.eval_every else 0
+    dim, opt = cfg.model.dim, cfg.embedding.optimizer
+    val = validation_worker_bytes(manifest, cfg) if cfg.train.eval_every else 0
+    worker = worker_bytes(cfg, num_nodes, val)
     k = len(nodes)
     parts_per_node = math.ceil(len(parts) / k)
     workers_per_node = max(1, min(num_workers, max(int(n.cpus) for n in nodes)))
-    per_node = (sum(sorted((a + b for a, b in zip(ps, graph)), reverse=True)[:parts_per_node])
-                + workers_per_node * worker + val + RAY_BYTES)
-    return MemoryEstimate(len(parts), num_workers, k, sum(ps), sum(graph), num_workers * worker, val,
-                          RAY_BYTES, per_node, min(n.memory_bytes for n in nodes), parts_per_node,
-                          workers_per_node)
+
+    def busiest(f) -> int:  # the node holding the largest partitions
+        return sum(sorted((f(p) for p in parts), reverse=True)[:parts_per_node])
+
+    phases = {
+        "load": busiest(graph_shard_bytes),
+        "build": busiest(lambda p: graph_shard_bytes(p, loading=False) + ps_shard_bytes(p, dim, opt)),
+        "train": busiest(lambda p: graph_shard_bytes(p, loading=False) + ps_shard_bytes(p, dim, opt, building=False))
+        + workers_per_node * worker + RAY_BYTES,
+    }
+    return MemoryEstimate(len(parts), num_workers, k,
+                          sum(ps_shard_bytes(p, dim, opt, building=False) for p in parts),
+                          sum(graph_shard_bytes(p, loading=False) for p in parts), num_workers * worker,
+                          num_workers * val, RAY_BYTES, max(phases.values()),
+                          min(n.memory_bytes for n in nodes), parts_per_node, workers_per_node, phases)
 
 
 def ray_nodes(node_memory: int | None = None) -> list[NodeMemory]:
@@ -196,9 +224,7 @@ def check(est: MemoryEstimate, overridden: bool = False) -> None:
     if est.fits:
         return
     where = "--node-memory" if overridden else "Ray's memory + object store"
-    val = (f"; validation on rank 0 alone needs {human_bytes(est.validation_bytes)} "
-           f"(set train.eval_every=0 to train without it)"
-           if est.validation_bytes > est.per_node_bytes // 2 else "")
+    val = ""
     raise UserError(
         f"the job needs about {human_bytes(est.per_node_bytes)} on its busiest node but the smallest of "
         f"the {est.num_nodes} node(s) has {human_bytes(est.node_memory_bytes)} ({where}){val}; add nodes "
