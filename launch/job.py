@@ -6,8 +6,10 @@ parameter-server shard on the same node -> a Ray Train ``TorchTrainer`` with one
 partition or group of partitions (worker r of N trains partitions r, r + N, ...), each on one GPU
 (``--gpus-per-worker``) or CPU slot, restarted from the last checkpoint
 by ``FailureConfig`` -> wait, with a progress bar fed by the workers' metrics files and a stall
-deadline -> the committed checkpoint, which ``distgnn evaluate``/``recommend`` read exactly as
-for the local backend.
+deadline -> each process's peak RSS (driver, workers, GraphShards, PS shards), collected before the
+shards are killed and appended as one ``processes`` record to the driver's metrics file -> the
+committed checkpoint, which ``distgnn evaluate``/``recommend`` read exactly as for the local
+backend.
 
 What each worker runs is ``distgnn.ray_runtime.worker.train_loop_per_worker``: the local
 backend's ``Trainer.train`` with Ray graph and embedding stores and a Ray runtime.
@@ -34,7 +36,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         max_failures: int = 2, fault: dict | None = None, timeout_s: float = 300.0,
         stall_timeout_s: float = 600.0, resume: bool = False,
         barrier_timeout_s: float = 1800.0, overwrite: bool = False) -> dict[str, Any]:
-    """Build the Ray job, run it; return Ray Train's final metrics and the last checkpoint's path.
+    """Build the Ray job, run it; return Ray Train's final metrics, the last checkpoint's path and
+    the ``processes`` record (per-process peak RSS, ``process_report``).
 
     ``resume``: continue the run in ``run_dir`` from its last committed checkpoint (the same
     checkpoint files as the local backend's, so a run may also move between backends).
@@ -123,6 +126,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                  # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; OpenMP reads it
                                  # at process start (the worker also sets its threads at run time)
                                  worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}))
+        processes = None
         try:
             result = _fit_with_watchdog(trainer, run_dir, cfg.train.epochs, stall_timeout_s)
         except RayCallError:
@@ -132,6 +136,12 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
             raise RayCallError(f"Ray training failed (after up to {max_failures} restarts): {last}; "
                                f"worker logs are under {info.get('session_dir') or 'the Ray session dir'}")
         finally:
+            # while the shards still live (also after a failure: what was reached is reported);
+            # a diagnostic must neither mask the job's own error nor keep the shards alive
+            try:
+                processes = process_report(run_dir, graph_shards, ps_shards, min(timeout_s, REPORT_TIMEOUT_S))
+            except Exception as exc:  # noqa: BLE001
+                print(f"distgnn train: warning: no per-process memory report: {exc}", file=sys.stderr)
             if shm_dir:  # the shards remove their shared rows on their nodes, then go
                 with contextlib.suppress(RayCallError):
                     cluster.get_with_deadline([s.close.remote() for s in ps_shards], 30, "closing PS shards")
@@ -141,7 +151,95 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     finally:
         if owned:
             cluster.shutdown()
-    return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir))}
+    return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir)), "processes": processes}
+
+
+REPORT_TIMEOUT_S = 30.0  # the whole process report's deadline: a diagnostic never holds up the job
+
+
+def process_report(run_dir: Path, graph_shards: list, ps_shards: list, timeout_s: float) -> dict[str, Any]:
+    """Peak RSS of every process of the job, appended to the driver's metrics file as one
+    ``{"type": "processes"}`` record and returned.
+
+    The driver measures itself; each worker's figure is from its last ``train`` record (the
+    workers have exited by now; after a restart that is the last process of the rank); the
+    GraphShards and PS shards are asked (``counters``) under one deadline for all of them. A shard
+    that does not answer is listed in ``missing`` with the reason, never fatal: the job's result
+    does not depend on a diagnostic. ``total_peak_rss_bytes`` sums the peaks: an upper bound of the
+    job's footprint, since peaks need not coincide and shared pages (the mapped partitions, the PS
+    rows in /dev/shm) count in every process that touches them."""
+    import ray
+
+    from distgnn import metrics
+    from distgnn.ray_runtime import cluster
+    from distgnn.stages import process_memory
+
+    def entry(d: dict, **ident) -> dict:
+        keep = ("pid", "node_id", "peak_rss_bytes", "rss_bytes", "rss_shared_bytes")
+        return {**ident, **{k: d[k] for k in keep if d.get(k) is not None}}
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - descriptive only
+        node = None
+    record: dict[str, Any] = {"type": "processes", "driver": entry({**process_memory(), "node_id": node})}
+    last: dict[int, dict] = {}
+    for rec in metrics.read_metrics(run_dir).of_type("train"):
+        if "rank" in rec and "peak_rss_bytes" in rec:
+            last[int(rec["rank"])] = rec
+    record["workers"] = [entry(last[r], rank=r) for r in sorted(last)]
+    missing: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    for kind, actors, name in (("graph_shards", graph_shards, "GraphShard"), ("ps_shards", ps_shards, "PSShard")):
+        refs = []
+        for p, actor in enumerate(actors):  # every request is sent before any is waited on
+            try:
+                refs.append(actor.counters.remote())
+            except Exception as exc:  # noqa: BLE001 - a dead handle: reported, not raised
+                refs.append(exc)
+        record[kind] = []
+        for p, ref in enumerate(refs):
+            try:
+                if isinstance(ref, Exception):
+                    raise RayCallError(f"{name} {p}: {' '.join(str(ref).split())[:200]}")
+                c = cluster.get_with_deadline(ref, max(0.1, deadline - time.monotonic()),
+                                              f"{name} {p} counters")
+                record[kind].append(entry(c, part_id=p))
+            except RayCallError as exc:
+                missing.append(str(exc))
+    record["missing"] = missing
+    everyone = [record["driver"], *record["workers"], *record["graph_shards"], *record["ps_shards"]]
+    record["total_peak_rss_bytes"] = sum(int(e.get("peak_rss_bytes", 0)) for e in everyone)
+    record["num_processes"] = len(everyone)
+    try:
+        metrics.append(run_dir, None, record)
+    except OSError as exc:  # e.g. the run directory went away: the caller still gets the record
+        record["missing"].append(f"not written to {metrics.driver_path(run_dir)}: {exc}")
+    return record
+
+
+def format_processes(record: dict[str, Any]) -> str:
+    """The ``processes`` record as a few lines for people (``distgnn train`` prints it at the end)."""
+    from distgnn.stages import human_bytes
+
+    rows = [("driver", record.get("driver", {}))]
+    rows += [(f"worker {w['rank']}", w) for w in record.get("workers", [])]
+    rows += [(f"graph shard {g['part_id']}", g) for g in record.get("graph_shards", [])]
+    rows += [(f"PS shard {q['part_id']}", q) for q in record.get("ps_shards", [])]
+    nodes: dict[str, int] = {}
+    for _, e in rows:  # short node labels: n0, n1, ... in order of appearance
+        if e.get("node_id") is not None:
+            nodes.setdefault(e["node_id"], len(nodes))
+    lines = [f"peak RSS per process ({record.get('num_processes', len(rows))} processes, sum "
+             f"{human_bytes(record.get('total_peak_rss_bytes', 0))}: an upper bound, peaks need not "
+             f"coincide and shared pages count in each process):"]
+    for label, e in rows:
+        node = f"n{nodes[e['node_id']]}" if e.get("node_id") in nodes else "?"
+        lines.append(f"  {label:<14} node {node:<4} pid {e.get('pid', '?'):<8} "
+                     f"{human_bytes(e.get('peak_rss_bytes', 0)):>10}")
+    for m in record.get("missing", []):
+        lines.append(f"  not reported: {m}")
+    return "\n".join(lines)
 
 
 def _shm_dir() -> str | None:

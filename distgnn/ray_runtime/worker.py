@@ -22,7 +22,10 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 - **observability**: each ``train`` record carries the rank, the sampler's and PS client's traffic
   counters, and the stage split of the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
-  backward).
+  backward), and the worker process's ``pid``, ``node_id``, ``peak_rss_bytes`` (lifetime peak,
+  ``distgnn.stages.process_memory``) and ``cpu_seconds`` (CPU time of all its threads so far: on
+  an oversubscribed machine it still measures the work, where wall time measures the wait too).
+  The driver reads the last record of each rank for its per-process memory report.
 """
 from __future__ import annotations
 
@@ -90,6 +93,7 @@ class RayTrainRuntime(Runtime):
         self._eval_graph = None
         self._allreduce = {"s": 0.0}
         self._last_sampler: dict[str, float] = {}
+        self._node_id = _node_id()
 
     # --- setup ------------------------------------------------------------------------------
     def wrap_model(self, trainer: Trainer) -> None:
@@ -158,7 +162,12 @@ class RayTrainRuntime(Runtime):
                   "all_reduce": self._allreduce["s"]}
         self._last_sampler = sampler
         self._allreduce["s"] = 0.0
-        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()}}
+        from distgnn.stages import process_memory
+
+        mem = process_memory()
+        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()},
+                "pid": mem["pid"], "node_id": self._node_id, "peak_rss_bytes": mem["peak_rss_bytes"],
+                "cpu_seconds": round(time.process_time(), 3)}
 
     def barrier(self, what: str) -> None:
         import torch.distributed as dist
@@ -188,6 +197,16 @@ class RayTrainRuntime(Runtime):
         else:
             ray.train.report(record)
         dist.barrier()
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - descriptive only
+        return None
 
 
 def worker_device(kind: str) -> str:
