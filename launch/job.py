@@ -96,13 +96,14 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         rundir.write_marker(run_dir, "ray")
         atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
+        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir)
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, min(cfg.train.threads, total_cpus // num_workers))
         loop_config = {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
-                       "graph_shards": graph_shards, "emb": emb, "timeout_s": timeout_s, "fault": fault,
+                       "graph_shards": graph_shards, "shard_nodes": shard_nodes, "emb": emb,
+                       "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
                        "threads_per_worker": threads, "device": device,
                        "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size, num_workers)}
@@ -187,7 +188,8 @@ def process_report(run_dir: Path, graph_shards: list, ps_shards: list, timeout_s
     for rec in metrics.read_metrics(run_dir).of_type("train"):
         if "rank" in rec and "peak_rss_bytes" in rec:
             last[int(rec["rank"])] = rec
-    record["workers"] = [entry(last[r], rank=r) for r in sorted(last)]
+    record["workers"] = [entry(last[r], rank=r, **({"parts": last[r]["parts"]} if "parts" in last[r] else {}))
+                         for r in sorted(last)]
     missing: list[str] = []
     deadline = time.monotonic() + timeout_s
     for kind, actors, name in (("graph_shards", graph_shards, "GraphShard"), ("ps_shards", ps_shards, "PSShard")):
@@ -250,25 +252,45 @@ def _shm_dir() -> str | None:
     return f"/dev/shm/distgnn-{uuid.uuid4().hex[:12]}" if os.path.isdir("/dev/shm") else None
 
 
-def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list]:
-    """One GraphShard per partition, spread over the nodes, and each partition's parameter-server
-    shard on the same node as its GraphShard (node affinity), so a partition's structure and rows
-    live together. Both are 0-CPU actors: they fit beside the training workers. With ``shm_dir``
-    each shard keeps its rows in shared memory there, for the trainer on its node to map."""
+def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list, list]:
+    """One GraphShard per partition, dealt round-robin over the nodes that can run a training
+    worker (``shard_nodes``), and each partition's parameter-server shard on the same node as its
+    GraphShard, so a partition's structure and rows live together; the worker on that node then
+    trains it (``worker.node_groups``). Returns the shards and each partition's node.
+
+    Placement is by hard node affinity: Ray's ``SPREAD`` put every 0-CPU shard on one node of a
+    multi-node cluster, and a *soft* affinity placed PS shards on other nodes than asked (both seen
+    with ``ray.cluster_utils.Cluster``, Ray 2.60; docs/architecture.md D27). Both are 0-CPU actors:
+    they fit beside the training workers. With ``shm_dir`` each shard keeps its rows in shared
+    memory there, for the trainer on its node to map."""
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.graph_shard import create_graph_shards
     from distgnn.ray_runtime.ps import create_ps_shards
 
-    graph_shards = create_graph_shards(cfg.data.partitions, book.num_parts, ["SPREAD"] * book.num_parts,
+    nodes = shard_nodes(book.num_parts)
+    graph_strategies = ([cluster.node_strategy(n) for n in nodes] if nodes
+                        else ["SPREAD"] * book.num_parts)
+    graph_shards = create_graph_shards(cfg.data.partitions, book.num_parts, graph_strategies,
                                        timeout_s=timeout_s)
     infos = cluster.get_with_deadline([g.info.remote() for g in graph_shards], timeout_s, "GraphShard info")
-    strategies = [cluster.node_strategy(i["node_id"], soft=True) for i in infos]
+    strategies = [cluster.node_strategy(i["node_id"]) for i in infos]
     ps_shards = create_ps_shards(book, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
                                  cfg.embedding.init_std, tuple(cfg.embedding.betas), cfg.embedding.eps,
                                  seed=cfg.train.seed, scheduling_strategies=strategies, timeout_s=timeout_s,
                                  crash=(cfg.train.fault.ps_shard, cfg.train.fault.ps_after_pushes)
                                  if cfg.train.fault.ps_shard is not None else None, shm_dir=shm_dir)
-    return graph_shards, ps_shards
+    return graph_shards, ps_shards, [i["node_id"] for i in infos]
+
+
+def shard_nodes(num_parts: int) -> list[str]:
+    """A node for each partition's shards: the alive nodes with at least one CPU (where Ray Train
+    can place a worker), sorted by id, dealt round-robin; empty when there is none (then Ray
+    chooses)."""
+    import ray
+
+    ids = sorted(n["NodeID"] for n in ray.nodes()
+                 if n.get("Alive", n.get("alive", False)) and float(n.get("Resources", {}).get("CPU", 0)) >= 1)
+    return [ids[p % len(ids)] for p in range(num_parts)] if ids else []
 
 
 def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: float):
