@@ -1,9 +1,10 @@
 """Builds and runs the Ray job of ``distgnn train --backend ray`` (the driver side).
 
 connect to Ray (a local embedded instance by default, or ``--address``) -> check the partitions
-and the cluster's resources -> one GraphShard actor per partition (spread over the nodes) and its
-parameter-server shard on the same node -> a Ray Train ``TorchTrainer`` with one worker per
-partition or group of partitions (worker r of N trains partitions r, r + N, ...), each on one GPU
+and the cluster's resources -> one GraphShard actor per partition (dealt round-robin over the
+nodes that can run a worker) and its parameter-server shard on the same node -> a Ray Train
+``TorchTrainer`` with one worker per partition or group of partitions (the groups r, r + N, ...;
+each worker takes the group held on its own node, ``worker.node_groups``), each on one GPU
 (``--gpus-per-worker``) or CPU slot, restarted from the last checkpoint
 by ``FailureConfig`` -> wait, with a progress bar fed by the workers' metrics files and a stall
 deadline -> each process's peak RSS (driver, workers, GraphShards, PS shards), collected before the
@@ -96,7 +97,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         rundir.write_marker(run_dir, "ray")
         atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir)
+        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir, gpus_per_worker)
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -252,7 +253,8 @@ def _shm_dir() -> str | None:
     return f"/dev/shm/distgnn-{uuid.uuid4().hex[:12]}" if os.path.isdir("/dev/shm") else None
 
 
-def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list, list]:
+def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None,
+                  gpus_per_worker: float = 0.0) -> tuple[list, list, list]:
     """One GraphShard per partition, dealt round-robin over the nodes that can run a training
     worker (``shard_nodes``), and each partition's parameter-server shard on the same node as its
     GraphShard, so a partition's structure and rows live together; the worker on that node then
@@ -267,7 +269,7 @@ def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tu
     from distgnn.ray_runtime.graph_shard import create_graph_shards
     from distgnn.ray_runtime.ps import create_ps_shards
 
-    nodes = shard_nodes(book.num_parts)
+    nodes = shard_nodes(book.num_parts, gpus_per_worker)
     graph_strategies = ([cluster.node_strategy(n) for n in nodes] if nodes
                         else ["SPREAD"] * book.num_parts)
     graph_shards = create_graph_shards(cfg.data.partitions, book.num_parts, graph_strategies,
@@ -282,14 +284,18 @@ def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tu
     return graph_shards, ps_shards, [i["node_id"] for i in infos]
 
 
-def shard_nodes(num_parts: int) -> list[str]:
-    """A node for each partition's shards: the alive nodes with at least one CPU (where Ray Train
-    can place a worker), sorted by id, dealt round-robin; empty when there is none (then Ray
-    chooses)."""
+def shard_nodes(num_parts: int, gpus_per_worker: float = 0.0) -> list[str]:
+    """A node for each partition's shards: the alive nodes where Ray Train can place a worker (at
+    least one CPU, and ``gpus_per_worker`` GPUs), sorted by id, dealt round-robin; empty when there
+    is none (then Ray chooses)."""
     import ray
 
-    ids = sorted(n["NodeID"] for n in ray.nodes()
-                 if n.get("Alive", n.get("alive", False)) and float(n.get("Resources", {}).get("CPU", 0)) >= 1)
+    def can_train(n: dict) -> bool:
+        res = n.get("Resources", {})
+        return (bool(n.get("Alive", n.get("alive", False))) and float(res.get("CPU", 0)) >= 1
+                and float(res.get("GPU", 0)) >= gpus_per_worker)
+
+    ids = sorted(n["NodeID"] for n in ray.nodes() if can_train(n))
     return [ids[p % len(ids)] for p in range(num_parts)] if ids else []
 
 

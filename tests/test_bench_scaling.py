@@ -166,3 +166,14 @@ def test_bad_lists_are_one_line(tmp_path, capsys):
     assert "--sizes" in capsys.readouterr().err
     assert main(["bench", "scaling", "--preset", "smoke", "--out", str(tmp_path), "--only", "data,foo"]) == 2
     assert "foo" in capsys.readouterr().err
+
+
+def test_child_report_is_found_after_ray_warnings(tmp_path):
+    """Ray's raylet prints warnings on a child's stdout before its (indented) --json report."""
+    out = tmp_path / "x.log.stdout"
+    out.write_text("(raylet) WARNING: 8 PYTHON worker processes have been started {not json}\n"
+                   + json.dumps({"num_parts": 8, "metis": {"a": 1}}, indent=2) + "\n")
+    assert scaling.ChildResult(0, 1.0, 1, tmp_path / "x.log", out).report()["num_parts"] == 8
+    out.write_text("nothing here\n{\n")
+    with pytest.raises(scaling.UserError, match="no JSON report"):
+        scaling.ChildResult(0, 1.0, 1, tmp_path / "x.log", out).report()

@@ -134,10 +134,12 @@ ALLREDUCE_ALPHA_S = 5e-5   # per message of the ring all-reduce
 DISTDGL = {"graph": "ogbn-papers100M", "epoch_seconds": 13.0, "machines": 16, "train_seeds": 1_207_179,
            "task": "GraphSAGE node classification (3 layers, fanouts 15/10/5)"}
 
-# The plain-DGL training reference needs about this much memory per interaction at peak (its whole
-# graph, both directions, and an embedding table): a sweep does not start it where that would not
-# fit. Measured: 1M interactions 0.99 GiB, 10M 4.6 GiB (BENCHMARKS.md "Scaling").
-REFERENCE_BYTES_PER_INTERACTION = 480
+# The plain-DGL training reference's peak RSS, about base + slope x interactions (its whole graph,
+# both directions, an embedding table with SparseAdam state): a sweep does not start it where that
+# would not fit. Measured by the medium sweep: 1.31 GiB at 1M interactions, 3.83 GiB at 10M
+# (BENCHMARKS.md "Scaling"), so about 300 bytes per interaction over 1 GiB.
+REFERENCE_BASE_BYTES = 2**30
+REFERENCE_BYTES_PER_INTERACTION = 300
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          f"{','.join(map(str, p.workers))} / {','.join(map(str, p.parts))}; batch "
                          f"{p.batch_size}, {p.steps} steps\n" for name, p in PRESETS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="required unless --report-only")
     p.add_argument("--out", required=True, metavar="DIR", help="where scaling.json, .md and the PNGs go")
     p.add_argument("--workdir", metavar="DIR", help="generated data, partitions and runs (default DIR/work; "
                    "kept, so a resumed sweep reuses them)")
@@ -225,6 +227,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a training setting, e.g. --set train.fanouts=[15,10]")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds allowed per configuration (default: "
                    "the preset's)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: redraw scaling.md and the plots (and the projection) from DIR/scaling.json")
     p.set_defaults(handler=run)
 
 
@@ -314,6 +318,23 @@ class Results:
             for k in ("sizes", "workers", "parts"):
                 self.data["plan"][k] = sorted(set(plan.get(k, [])) | set(self.data["plan"][k]))
 
+    @classmethod
+    def existing(cls, out: Path) -> "Results":
+        """The results already in ``out`` (for ``--report-only``), whatever their settings."""
+        path = out / "scaling.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"--report-only: {path} is missing or not valid JSON; run a sweep into "
+                            f"{out} first") from None
+        if data.get("format") != FORMAT:
+            raise UserError(f"{path} was not written by 'distgnn bench scaling'")
+        self = cls.__new__(cls)
+        from distgnn import atomic
+
+        self.path, self._atomic, self.data = path, atomic, data
+        return self
+
     def done(self, key: str) -> dict[str, Any] | None:
         for r in self.data["records"]:
             if r["key"] == key and r["status"] == "ok":
@@ -360,19 +381,18 @@ class ChildResult:
     stdout: Path
 
     def report(self) -> dict[str, Any]:
-        """Its ``--json`` report: the whole of stdout, or (a summary line after other output) the
-        last line that is a JSON object."""
-        text = self.stdout.read_text(errors="replace").strip()
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-        for line in reversed(text.splitlines()):
-            if line.startswith("{"):
-                try:
-                    return json.loads(line)
-                except ValueError:
-                    break
+        """Its ``--json`` report: the last JSON object that starts a line of stdout (Ray's raylet
+        may print warnings there before it; the report may span lines)."""
+        text = self.stdout.read_text(errors="replace")
+        starts = ([0] if text.startswith("{") else []) + [i + 1 for i in range(len(text)) if text.startswith("\n{", i)]
+        decoder = json.JSONDecoder()
+        for start in reversed(starts):
+            try:
+                obj, _ = decoder.raw_decode(text, start)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                return obj
         raise UserError(f"no JSON report in {self.stdout} (its log: {self.log})")
 
     def tail(self, lines: int = 3) -> str:
@@ -657,6 +677,14 @@ def project(train: dict[str, Any], locality: list[dict[str, Any]], dense_params:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.report_only:
+        results = Results.existing(Path(args.out))
+        _write_outputs(results, Path(args.out))
+        print(f"redrew {Path(args.out) / 'scaling.md'} and the plots from {results.path} "
+              f"({len(results.data['records'])} records)", file=sys.stderr)
+        return 0
+    if args.preset is None:
+        raise UserError("--preset is required (smoke, medium or full), unless --report-only")
     preset = PRESETS[args.preset]
     sizes = _ints(args.sizes, "--sizes", count=True)
     workers = _ints(args.workers, "--workers")
@@ -899,11 +927,11 @@ def _train(job: TrainJob, preset: Preset, work: Path, out: Path, cfg_path: Path,
 def _reference(n: int, preset: Preset, work: Path, cfg_path: Path) -> dict[str, Any]:
     import psutil
 
-    need = REFERENCE_BYTES_PER_INTERACTION * n
+    need = REFERENCE_BASE_BYTES + REFERENCE_BYTES_PER_INTERACTION * n
     avail = psutil.virtual_memory().available
     if need > 0.8 * avail:
         return {"interactions": n, "status": "skipped",
-                "reason": f"not run: needs about {need / 2**30:.0f} GiB by its measured "
+                "reason": f"not run: needs about {need / 2**30:.0f} GiB by its measured 1 GiB + "
                           f"{REFERENCE_BYTES_PER_INTERACTION} bytes per interaction, {avail / 2**30:.0f} GiB "
                           f"is available"}
     parts = _partitions(work, n, preset.data_workers)
