@@ -574,7 +574,8 @@ def memory_and_placement(processes: dict[str, Any] | None) -> dict[str, Any]:
     """Peak RSS per process and where the partitions were trained, from a ``processes`` record."""
     if not processes:
         return {"peak_rss_bytes": None, "placement": None}
-    workers, graphs, pss = processes.get("workers", []), processes.get("graph_shards", []), processes.get("ps_shards", [])
+    workers, graphs = processes.get("workers", []), processes.get("graph_shards", [])
+    pss = processes.get("ps_shards", [])
 
     def peaks(entries: list[dict]) -> list[int]:
         return [int(e.get("peak_rss_bytes", 0)) for e in entries]
@@ -985,7 +986,8 @@ def locality_records(results: Results) -> list[dict[str, Any]]:
     for r in results.ok("locality"):
         for method in ("metis", "random"):
             if method in r:
-                out.append({"num_parts": r["num_parts"], "method": method, "interactions": r["interactions"], **r[method]})
+                out.append({"num_parts": r["num_parts"], "method": method, "interactions": r["interactions"],
+                            **r[method]})
     return out
 
 

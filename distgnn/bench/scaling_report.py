@@ -414,7 +414,8 @@ def markdown(data: dict[str, Any], locality: list[dict], pngs: list[str]) -> str
         lines += ["## Projection to 8-128 nodes: a MODEL, not a measurement", "",
                   f"Input: the measured run `{i['from']}` (per worker and step: forward + backward + dense step "
                   f"{i['compute_seconds_per_step'] * 1000:.1f} ms of CPU time, the worker's other CPU work "
-                  f"{i['host_seconds_per_step'] * 1000:.1f} ms, {i['ps_bytes_per_step'] / 2**20:.2f} MiB to/from the PS and "
+                  f"{i['host_seconds_per_step'] * 1000:.1f} ms, {i['ps_bytes_per_step'] / 2**20:.2f} MiB "
+                  f"to/from the PS and "
                   f"{i['sample_bytes_per_step'] / 2**20:.2f} MiB of sampling per step, local and remote "
                   f"together; {i['dense_params']:,} dense parameters; batch {i['batch_size']}).", "",
                   "Model, for N nodes with one worker each, per-node bandwidth bw and compute speed-up S over "
@@ -422,8 +423,10 @@ def markdown(data: dict[str, Any], locality: list[dict], pngs: list[str]) -> str
                   "```",
                   "T(N) = CPU s in forward + backward + dense / S + the worker's other CPU s (not sped up)",
                   "     + r(N) x bytes per step / bw          (sent + received; no overlap with compute)",
-                  f"     + (layers + 2) x {sc.ROUND_TRIP_S * 1000:g} ms               (round trips: one per hop, pull, push)",
-                  f"     + 2 (N-1)/N x 4 B x dense params / bw + 2 (N-1) x {sc.ALLREDUCE_ALPHA_S * 1e6:g} us   (ring all-reduce)",
+                  f"     + (layers + 2) x {sc.ROUND_TRIP_S * 1000:g} ms               "
+                  "(round trips: one per hop, pull, push)",
+                  f"     + 2 (N-1)/N x 4 B x dense params / bw + 2 (N-1) x {sc.ALLREDUCE_ALPHA_S * 1e6:g} us   "
+                  "(ring all-reduce)",
                   "edges/s = N x batch / T(N)",
                   "```", "",
                   "r(N) is the remote share of those bytes: (N-1)/N for random placement (an upper bound), or the "

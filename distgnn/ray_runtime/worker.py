@@ -5,9 +5,9 @@ equals the number of partitions), and each worker trains one group: on one node 
 takes group ``rank``; on a multi-node cluster each worker takes the group whose shards are on its
 own node where one is (``node_groups``: Ray Train places workers without regard to our shards, so
 without this a worker could train a partition held on another node and every one of its "local"
-reads would cross the network). Its graph store is a ``RayGraphStore`` whose own partitions are mapped zero-copy
-from the object store (remote seeds go to the other GraphShards),
-its embedding store the shared ``RayEmbeddingStore`` (the parameter-server shards), and its dense
+reads would cross the network). Its graph store is a ``RayGraphStore`` whose own partitions are
+mapped zero-copy from the object store (remote seeds go to the other GraphShards), its embedding
+store the shared ``RayEmbeddingStore`` (the parameter-server shards), and its dense
 weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 
 ``RayTrainRuntime`` fills in the loop's hooks (``distgnn.trainer.Runtime``):
@@ -201,8 +201,9 @@ class RayTrainRuntime(Runtime):
         from distgnn.stages import process_memory
 
         mem = process_memory()
-        return {"rank": self.rank, "parts": self.parts, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()},
-                "pid": mem["pid"], "node_id": self._node_id, "peak_rss_bytes": mem["peak_rss_bytes"],
+        return {"rank": self.rank, "parts": self.parts, "stage_seconds": stages,
+                "traffic": {**sampler, **self.emb.counters()}, "pid": mem["pid"], "node_id": self._node_id,
+                "peak_rss_bytes": mem["peak_rss_bytes"],
                 "cpu_seconds": round(time.process_time(), 3),
                 "compute_cpu_seconds": round(getattr(self.trainer, "compute_cpu_seconds", 0.0), 4)}
 
