@@ -3,6 +3,8 @@
 ```
 RUN_DIR/metrics/rank-00000.jsonl    records of rank 0 (the local backend; the Ray chief)
 RUN_DIR/metrics/rank-00001.jsonl    records of Ray Train world rank 1, ...
+RUN_DIR/metrics/driver.jsonl        records of the Ray job's driver (``processes``: per-process
+                                    peak RSS, written once the workers have finished)
 RUN_DIR/metrics.jsonl               older runs: one file shared by every rank (still read)
 ```
 Why one file per rank: each file has exactly one writer, so appends never interleave, which
@@ -10,8 +12,8 @@ concurrent appends to one shared file on NFS do not guarantee. Records are writt
 ``write`` of one line each.
 
 ``read_metrics(run_dir)`` is the only reader (driver progress, ``bench overhead``, the "already
-holds a run" guards, ``plot``): it returns every complete, valid record, the legacy file's first,
-then rank 0's, rank 1's, ... each in file order, so the records of one rank (and the chief's
+holds a run" guards, ``plot``, ``bench scaling``): it returns every complete, valid record, the
+legacy file's first, then rank 0's, rank 1's, ..., then the driver's, each in file order, so the records of one rank (and the chief's
 ``valid``/``checkpoint`` records) keep their order and a re-read only ever adds records. A line
 that is not valid JSON, or a last line still being written, is skipped and counted in
 ``torn_lines``, never fatal.
@@ -26,6 +28,7 @@ from typing import Any
 
 METRICS_DIR = "metrics"
 LEGACY_FILE = "metrics.jsonl"
+DRIVER_FILE = "driver.jsonl"
 _RANK_FILE = re.compile(r"^rank-(\d{5,})\.jsonl$")
 
 
@@ -34,9 +37,15 @@ def rank_path(run_dir: str | Path, rank: int) -> Path:
     return Path(run_dir) / METRICS_DIR / f"rank-{rank:05d}.jsonl"
 
 
-def append(run_dir: str | Path, rank: int, record: dict[str, Any]) -> None:
-    """Append one record to rank ``rank``'s file (one line, one write)."""
-    path = rank_path(run_dir, rank)
+def driver_path(run_dir: str | Path) -> Path:
+    """The file the Ray job's driver appends to (its own: the workers' files keep one writer)."""
+    return Path(run_dir) / METRICS_DIR / DRIVER_FILE
+
+
+def append(run_dir: str | Path, rank: int | None, record: dict[str, Any]) -> None:
+    """Append one record to rank ``rank``'s file, or the driver's with ``rank=None`` (one line,
+    one write)."""
+    path = driver_path(run_dir) if rank is None else rank_path(run_dir, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -55,13 +64,16 @@ class MetricsRead:
 
 
 def metric_files(run_dir: str | Path) -> list[Path]:
-    """The run's metrics files: the legacy single file first, then the rank files by rank."""
+    """The run's metrics files: the legacy single file first, then the rank files by rank, then
+    the driver's."""
     run_dir = Path(run_dir)
     files = [run_dir / LEGACY_FILE] if (run_dir / LEGACY_FILE).is_file() else []
     d = run_dir / METRICS_DIR
     if d.is_dir():
         ranked = [(int(m.group(1)), p) for p in d.iterdir() if (m := _RANK_FILE.match(p.name))]
         files += [p for _, p in sorted(ranked)]
+        if (d / DRIVER_FILE).is_file():
+            files.append(d / DRIVER_FILE)
     return files
 
 

@@ -1,10 +1,14 @@
 """Per-stage wall time and peak resident memory, for reports and benchmarks.
 
 Peak RSS per stage is sampled by a background thread (``ru_maxrss`` only gives the lifetime peak
-of the process, which hides which stage needed the memory).
+of the process, which hides which stage needed the memory). ``process_memory`` gives the
+lifetime peak of the calling process: what each Ray process of a training job reports.
 """
 from __future__ import annotations
 
+import os
+import resource
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -59,6 +63,35 @@ class StageTimer:
 
     def as_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.records]
+
+
+def process_memory() -> dict[str, int]:
+    """The calling process's ``pid``, lifetime ``peak_rss_bytes``, current ``rss_bytes`` and the
+    part of it that is shared pages (``rss_shared_bytes``: file-backed and shared memory).
+
+    The peak is the kernel's high-water mark (``VmHWM`` in /proc/self/status), else
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS): no sampling thread, so nothing is missed between
+    samples. Shared pages (object-store mappings, the PS rows in /dev/shm) are counted in every
+    process that touches them, which is why a sum of processes' peaks is an upper bound."""
+    out = {"pid": os.getpid()}
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS", "RssFile", "RssShmem"):
+                    fields[key] = int(value.split()[0]) * 1024  # "kB"
+    except OSError:
+        pass
+    if "VmHWM" in fields:
+        out["peak_rss_bytes"] = fields["VmHWM"]
+    else:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_rss_bytes"] = int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+    if "VmRSS" in fields:
+        out["rss_bytes"] = fields["VmRSS"]
+        out["rss_shared_bytes"] = fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+    return out
 
 
 def human_bytes(n: float) -> str:

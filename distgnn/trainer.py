@@ -250,6 +250,11 @@ class Trainer:
         self.step_in_epoch = 0
         self.global_step = 0
         self.train_seconds = 0.0
+        # CPU time of this thread in forward + backward + dense step, summed over steps: the compute
+        # that a faster device would speed up, measured so that a core shared with other processes
+        # does not inflate it as it inflates wall time (exact with train.threads 1: with more,
+        # OpenMP's other threads are not counted). Not checkpointed: a per-process counter.
+        self.compute_cpu_seconds = 0.0
         self.best_value: float | None = None
         self.bad_evals = 0
         self.stopped_early = False
@@ -277,6 +282,7 @@ class Trainer:
         t1 = time.perf_counter()
         x = h2d.rows(self.p.emb.pull(mb.input_gids)).requires_grad_(True)
         t2 = time.perf_counter()
+        c2 = time.thread_time()
         model.train()
         h = model(blocks, x, ew)
         pos, neg = link_scores(h[user_pos], h[pos_pos],
@@ -306,11 +312,14 @@ class Trainer:
                 x.grad[:n_seeds].addcmul_(rows, coef.unsqueeze(1))
                 loss = loss + 0.5 * (rows.pow(2).sum(1) * coef).sum()
         t4 = time.perf_counter()
+        c4 = time.thread_time()
         self.p.emb.push(mb.input_gids, x.grad, unique=True)
         t5 = time.perf_counter()
+        c5 = time.thread_time()
         if self.dense_opt is not None:
             self.dense_opt.step()
         t6 = time.perf_counter()
+        self.compute_cpu_seconds += (c4 - c2) + (time.thread_time() - c5)
         for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             timers[name] = timers.get(name, 0.0) + dt
         return float(loss.detach())

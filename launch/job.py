@@ -1,13 +1,16 @@
 """Builds and runs the Ray job of ``distgnn train --backend ray`` (the driver side).
 
 connect to Ray (a local embedded instance by default, or ``--address``) -> check the partitions
-and the cluster's resources -> one GraphShard actor per partition (spread over the nodes) and its
-parameter-server shard on the same node -> a Ray Train ``TorchTrainer`` with one worker per
-partition or group of partitions (worker r of N trains partitions r, r + N, ...), each on one GPU
+and the cluster's resources -> one GraphShard actor per partition (dealt round-robin over the
+nodes that can run a worker) and its parameter-server shard on the same node -> a Ray Train
+``TorchTrainer`` with one worker per partition or group of partitions (the groups r, r + N, ...;
+each worker takes the group held on its own node, ``worker.node_groups``), each on one GPU
 (``--gpus-per-worker``) or CPU slot, restarted from the last checkpoint
 by ``FailureConfig`` -> wait, with a progress bar fed by the workers' metrics files and a stall
-deadline -> the committed checkpoint, which ``distgnn evaluate``/``recommend`` read exactly as
-for the local backend.
+deadline -> each process's peak RSS (driver, workers, GraphShards, PS shards), collected before the
+shards are killed and appended as one ``processes`` record to the driver's metrics file -> the
+committed checkpoint, which ``distgnn evaluate``/``recommend`` read exactly as for the local
+backend.
 
 What each worker runs is ``distgnn.ray_runtime.worker.train_loop_per_worker``: the local
 backend's ``Trainer.train`` with Ray graph and embedding stores and a Ray runtime.
@@ -55,7 +58,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         stall_timeout_s: float | None = None, resume: bool = False,
         barrier_timeout_s: float | None = None, overwrite: bool = False,
         node_memory: int | None = None) -> dict[str, Any]:
-    """Build the Ray job, run it; return Ray Train's final metrics and the last checkpoint's path.
+    """Build the Ray job, run it; return Ray Train's final metrics, the last checkpoint's path and
+    the ``processes`` record (per-process peak RSS, ``process_report``).
 
     ``resume``: continue the run in ``run_dir`` from its last committed checkpoint (the same
     checkpoint files as the local backend's, so a run may also move between backends).
@@ -120,11 +124,12 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
     graph_shards: list = []
     ps_shards: list = []
     shm_dir = None
+    processes = None
     try:
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
         est = check_memory(cfg, manifest, num_workers, node_memory)
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
+        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir, gpus_per_worker)
         # every check has passed (a refusal is one line, naming the estimate itself)
         print(f"distgnn train: {est.summary()}", file=sys.stderr, flush=True)
         if overwrite:  # every check has passed: only now is the old run removed
@@ -137,7 +142,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, min(cfg.train.threads, total_cpus // num_workers))
         loop_config = {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
-                       "graph_shards": graph_shards, "emb": emb, "timeout_s": timeout_s, "fault": fault,
+                       "graph_shards": graph_shards, "shard_nodes": shard_nodes, "emb": emb,
+                       "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
                        "threads_per_worker": threads, "device": device,
                        "steps_per_epoch": steps_per_epoch(manifest, cfg.train.batch_size, num_workers)}
@@ -176,6 +182,13 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
             raise RayCallError(f"Ray training failed (after up to {max_failures} restarts): {last}; "
                                f"worker logs are under {info.get('session_dir') or 'the Ray session dir'}")
     finally:
+        if graph_shards or ps_shards:
+            # while the shards still live (also after a failure: what was reached is reported);
+            # a diagnostic must neither mask the job's own error nor keep the shards alive
+            try:
+                processes = process_report(run_dir, graph_shards, ps_shards, min(timeout_s, REPORT_TIMEOUT_S))
+            except Exception as exc:  # noqa: BLE001
+                print(f"distgnn train: warning: no per-process memory report: {exc}", file=sys.stderr)
         if shm_dir and ps_shards:  # the shards remove their shared rows on their nodes, then go
             with contextlib.suppress(RayCallError):
                 cluster.get_with_deadline([s.close.remote() for s in ps_shards], 30, "closing PS shards")
@@ -185,7 +198,96 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
             ray.kill(actor)
         if owned:
             cluster.shutdown()
-    return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir))}
+    return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir)), "processes": processes}
+
+
+REPORT_TIMEOUT_S = 30.0  # the whole process report's deadline: a diagnostic never holds up the job
+
+
+def process_report(run_dir: Path, graph_shards: list, ps_shards: list, timeout_s: float) -> dict[str, Any]:
+    """Peak RSS of every process of the job, appended to the driver's metrics file as one
+    ``{"type": "processes"}`` record and returned.
+
+    The driver measures itself; each worker's figure is from its last ``train`` record (the
+    workers have exited by now; after a restart that is the last process of the rank); the
+    GraphShards and PS shards are asked (``counters``) under one deadline for all of them. A shard
+    that does not answer is listed in ``missing`` with the reason, never fatal: the job's result
+    does not depend on a diagnostic. ``total_peak_rss_bytes`` sums the peaks: an upper bound of the
+    job's footprint, since peaks need not coincide and shared pages (the mapped partitions, the PS
+    rows in /dev/shm) count in every process that touches them."""
+    import ray
+
+    from distgnn import metrics
+    from distgnn.ray_runtime import cluster
+    from distgnn.stages import process_memory
+
+    def entry(d: dict, **ident) -> dict:
+        keep = ("pid", "node_id", "peak_rss_bytes", "rss_bytes", "rss_shared_bytes")
+        return {**ident, **{k: d[k] for k in keep if d.get(k) is not None}}
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - descriptive only
+        node = None
+    record: dict[str, Any] = {"type": "processes", "driver": entry({**process_memory(), "node_id": node})}
+    last: dict[int, dict] = {}
+    for rec in metrics.read_metrics(run_dir).of_type("train"):
+        if "rank" in rec and "peak_rss_bytes" in rec:
+            last[int(rec["rank"])] = rec
+    record["workers"] = [entry(last[r], rank=r, **({"parts": last[r]["parts"]} if "parts" in last[r] else {}))
+                         for r in sorted(last)]
+    missing: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    for kind, actors, name in (("graph_shards", graph_shards, "GraphShard"), ("ps_shards", ps_shards, "PSShard")):
+        refs = []
+        for p, actor in enumerate(actors):  # every request is sent before any is waited on
+            try:
+                refs.append(actor.counters.remote())
+            except Exception as exc:  # noqa: BLE001 - a dead handle: reported, not raised
+                refs.append(exc)
+        record[kind] = []
+        for p, ref in enumerate(refs):
+            try:
+                if isinstance(ref, Exception):
+                    raise RayCallError(f"{name} {p}: {' '.join(str(ref).split())[:200]}")
+                c = cluster.get_with_deadline(ref, max(0.1, deadline - time.monotonic()),
+                                              f"{name} {p} counters")
+                record[kind].append(entry(c, part_id=p))
+            except RayCallError as exc:
+                missing.append(str(exc))
+    record["missing"] = missing
+    everyone = [record["driver"], *record["workers"], *record["graph_shards"], *record["ps_shards"]]
+    record["total_peak_rss_bytes"] = sum(int(e.get("peak_rss_bytes", 0)) for e in everyone)
+    record["num_processes"] = len(everyone)
+    try:
+        metrics.append(run_dir, None, record)
+    except OSError as exc:  # e.g. the run directory went away: the caller still gets the record
+        record["missing"].append(f"not written to {metrics.driver_path(run_dir)}: {exc}")
+    return record
+
+
+def format_processes(record: dict[str, Any]) -> str:
+    """The ``processes`` record as a few lines for people (``distgnn train`` prints it at the end)."""
+    from distgnn.stages import human_bytes
+
+    rows = [("driver", record.get("driver", {}))]
+    rows += [(f"worker {w['rank']}", w) for w in record.get("workers", [])]
+    rows += [(f"graph shard {g['part_id']}", g) for g in record.get("graph_shards", [])]
+    rows += [(f"PS shard {q['part_id']}", q) for q in record.get("ps_shards", [])]
+    nodes: dict[str, int] = {}
+    for _, e in rows:  # short node labels: n0, n1, ... in order of appearance
+        if e.get("node_id") is not None:
+            nodes.setdefault(e["node_id"], len(nodes))
+    lines = [f"peak RSS per process ({record.get('num_processes', len(rows))} processes, sum "
+             f"{human_bytes(record.get('total_peak_rss_bytes', 0))}: an upper bound, peaks need not "
+             f"coincide and shared pages count in each process):"]
+    for label, e in rows:
+        node = f"n{nodes[e['node_id']]}" if e.get("node_id") in nodes else "?"
+        lines.append(f"  {label:<14} node {node:<4} pid {e.get('pid', '?'):<8} "
+                     f"{human_bytes(e.get('peak_rss_bytes', 0)):>10}")
+    for m in record.get("missing", []):
+        lines.append(f"  not reported: {m}")
+    return "\n".join(lines)
 
 
 def check_memory(cfg, manifest: dict, num_workers: int, node_memory: int | None = None):
@@ -212,25 +314,50 @@ def _shm_dir() -> str | None:
     return f"/dev/shm/{atomic.SHM_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
-def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list]:
-    """One GraphShard per partition, spread over the nodes, and each partition's parameter-server
-    shard on the same node as its GraphShard (node affinity), so a partition's structure and rows
-    live together. Both are 0-CPU actors: they fit beside the training workers. With ``shm_dir``
-    each shard keeps its rows in shared memory there, for the trainer on its node to map."""
+def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None,
+                  gpus_per_worker: float = 0.0) -> tuple[list, list, list]:
+    """One GraphShard per partition, dealt round-robin over the nodes that can run a training
+    worker (``shard_nodes``), and each partition's parameter-server shard on the same node as its
+    GraphShard, so a partition's structure and rows live together; the worker on that node then
+    trains it (``worker.node_groups``). Returns the shards and each partition's node.
+
+    Placement is by hard node affinity: Ray's ``SPREAD`` put every 0-CPU shard on one node of a
+    multi-node cluster, and a *soft* affinity placed PS shards on other nodes than asked (both seen
+    with ``ray.cluster_utils.Cluster``, Ray 2.60; docs/architecture.md D27). Both are 0-CPU actors:
+    they fit beside the training workers. With ``shm_dir`` each shard keeps its rows in shared
+    memory there, for the trainer on its node to map."""
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.graph_shard import create_graph_shards
     from distgnn.ray_runtime.ps import create_ps_shards
 
-    graph_shards = create_graph_shards(cfg.data.partitions, book.num_parts, ["SPREAD"] * book.num_parts,
+    nodes = shard_nodes(book.num_parts, gpus_per_worker)
+    graph_strategies = ([cluster.node_strategy(n) for n in nodes] if nodes
+                        else ["SPREAD"] * book.num_parts)
+    graph_shards = create_graph_shards(cfg.data.partitions, book.num_parts, graph_strategies,
                                        timeout_s=timeout_s)
     infos = cluster.get_with_deadline([g.info.remote() for g in graph_shards], timeout_s, "GraphShard info")
-    strategies = [cluster.node_strategy(i["node_id"], soft=True) for i in infos]
+    strategies = [cluster.node_strategy(i["node_id"]) for i in infos]
     ps_shards = create_ps_shards(book, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
                                  cfg.embedding.init_std, tuple(cfg.embedding.betas), cfg.embedding.eps,
                                  seed=cfg.train.seed, scheduling_strategies=strategies, timeout_s=timeout_s,
                                  crash=(cfg.train.fault.ps_shard, cfg.train.fault.ps_after_pushes)
                                  if cfg.train.fault.ps_shard is not None else None, shm_dir=shm_dir)
-    return graph_shards, ps_shards
+    return graph_shards, ps_shards, [i["node_id"] for i in infos]
+
+
+def shard_nodes(num_parts: int, gpus_per_worker: float = 0.0) -> list[str]:
+    """A node for each partition's shards: the alive nodes where Ray Train can place a worker (at
+    least one CPU, and ``gpus_per_worker`` GPUs), sorted by id, dealt round-robin; empty when there
+    is none (then Ray chooses)."""
+    import ray
+
+    def can_train(n: dict) -> bool:
+        res = n.get("Resources", {})
+        return (bool(n.get("Alive", n.get("alive", False))) and float(res.get("CPU", 0)) >= 1
+                and float(res.get("GPU", 0)) >= gpus_per_worker)
+
+    ids = sorted(n["NodeID"] for n in ray.nodes() if can_train(n))
+    return [ids[p % len(ids)] for p in range(num_parts)] if ids else []
 
 
 def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: float):

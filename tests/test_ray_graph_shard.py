@@ -215,3 +215,19 @@ def test_workers_cover_every_partition_once():
             assert sorted(p for parts in got for p in parts) == list(range(num_parts))
             assert all(got), "every worker trains something"
             assert max(map(len, got)) - min(map(len, got)) <= 1
+
+
+def test_workers_take_the_partitions_held_on_their_node():
+    """Ray Train places workers without regard to the shards: each worker takes the partition
+    group whose shards are on its node; on one node (or with no match) rank r keeps group r."""
+    from distgnn.ray_runtime.worker import assigned_parts, node_groups
+
+    assert node_groups(["a", "a", "a"], ["a", "a", "a"]) == [0, 1, 2]
+    assert node_groups(["b", "a"], ["a", "b"]) == [1, 0]           # ranks swapped across nodes
+    assert node_groups(["c", "b", "a", "d"], ["a", "b", "c", "d"]) == [2, 1, 0, 3]
+    assert node_groups(["x", "y"], [None, None]) == [0, 1]         # unknown placement: identity
+    # 2 workers over 4 partitions, groups {0, 2} and {1, 3}: shards 1 and 3 live on rank 0's node
+    group = node_groups(["n1", "n0"], ["n0", "n1", "n0", "n1"])
+    assert [assigned_parts(g, 2, 4) for g in group] == [[1, 3], [0, 2]]
+    for nodes in (["a", "b", "a"], ["b", "b", "a"], ["a", "a", "a"]):  # always a permutation
+        assert sorted(node_groups(nodes, ["a", "b", "a", "b", "a"])) == [0, 1, 2]

@@ -71,7 +71,14 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     # own-partition rows went through the shard's shared memory, not calls; none left behind
     assert traffic["pull_rows_mapped"] == traffic["pull_rows_local"] > 0
     assert traffic["push_rows_mapped"] == traffic["push_rows_local"] > 0
-    assert not list(Path("/dev/shm").glob("distgnn-*")), "shared rows left behind"
+    # this run's PS shards (by pid, from the job's processes record) left no shared rows behind;
+    # other jobs on the machine may have theirs there meanwhile
+    import re
+
+    ps_pids = {q["pid"] for q in read_metrics(run).of_type("processes")[-1]["ps_shards"]}
+    left = [f for f in Path("/dev/shm").glob("distgnn-*/ps*")
+            if (m := re.match(r"ps\d+-(\d+)\.", f.name)) and int(m.group(1)) in ps_pids]
+    assert len(ps_pids) == 2 and not left, f"shared rows left behind: {left}"
     assert traffic["remote_requests"] > 0 and traffic["push_bytes_remote"] > 0
     assert set(train[-1]["stage_seconds"]) >= {"sample_local", "sample_remote", "pull", "forward",
                                                "backward", "push", "all_reduce"}
@@ -90,6 +97,60 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     assert not copies, copies
     metrics = _evaluate(run, capsys)
     assert metrics["recall@20"] > 0.1
+
+
+def test_every_process_reports_its_peak_rss(uninterrupted):
+    """Issue 9: the driver, each worker, each GraphShard and each PS shard report their own peak
+    RSS; the driver appends one ``processes`` record (its own file, read last) with their sum."""
+    from distgnn.metrics import driver_path
+    from distgnn.stages import process_memory
+
+    read = read_metrics(uninterrupted)
+    procs = read.of_type("processes")
+    assert len(procs) == 1 and read.records[-1] is procs[0], "one record, from the driver's file, last"
+    assert driver_path(uninterrupted).is_file()
+    rec = procs[0]
+    assert rec["missing"] == []
+    # this test process was the job's driver (the CLI ran in it)
+    assert rec["driver"]["pid"] == os.getpid()
+    assert 50 * 2**20 < rec["driver"]["peak_rss_bytes"] <= process_memory()["peak_rss_bytes"]
+    assert [w["rank"] for w in rec["workers"]] == [0, 1]
+    assert [g["part_id"] for g in rec["graph_shards"]] == [0, 1] == [q["part_id"] for q in rec["ps_shards"]]
+    everyone = [rec["driver"], *rec["workers"], *rec["graph_shards"], *rec["ps_shards"]]
+    assert len({e["pid"] for e in everyone}) == rec["num_processes"] == 7, "each process reports itself"
+    assert all(e["peak_rss_bytes"] > 20 * 2**20 and e["node_id"] for e in everyone)
+    assert rec["total_peak_rss_bytes"] == sum(e["peak_rss_bytes"] for e in everyone)
+    # a worker's figure is its last train record's; its records carry pid, node, peak and CPU time
+    train = read.of_type("train")
+    for w in rec["workers"]:
+        mine = [r for r in train if r["rank"] == w["rank"]]
+        assert w["peak_rss_bytes"] == mine[-1]["peak_rss_bytes"] and w["pid"] == mine[-1]["pid"]
+        assert all(a["peak_rss_bytes"] <= b["peak_rss_bytes"] and a["cpu_seconds"] <= b["cpu_seconds"]
+                   for a, b in zip(mine, mine[1:]))
+        assert mine[-1]["cpu_seconds"] > 0
+
+
+def test_process_report_survives_a_dead_shard(ray_cluster, tmp_path):
+    """A shard that cannot answer is listed in ``missing``; the report is still written."""
+    import ray
+
+    from distgnn.stages import process_memory
+    from launch.job import format_processes, process_report
+
+    @ray.remote(num_cpus=0)
+    class Shard:
+        def counters(self):
+            return {"part_id": 9, "node_id": "n", **process_memory()}
+
+    alive, dead = Shard.remote(), Shard.remote()
+    ray.get([alive.__ray_ready__.remote(), dead.__ray_ready__.remote()], timeout=60)
+    ray.kill(dead)
+    rec = process_report(tmp_path, [alive, dead], [], timeout_s=20)
+    assert [g["part_id"] for g in rec["graph_shards"]] == [0]
+    assert len(rec["missing"]) == 1 and "GraphShard 1" in rec["missing"][0]
+    assert read_metrics(tmp_path).of_type("processes") == [rec]
+    text = format_processes(rec)
+    assert "graph shard 0" in text and "not reported: GraphShard 1" in text
 
 
 def test_worker_crash_restarts_from_last_checkpoint(uninterrupted, data, capsys):
@@ -155,6 +216,10 @@ def test_one_worker_trains_both_partitions(uninterrupted, data, capsys):
     run = data["tmp"] / "run-1worker"
     assert main(["train", "--config", str(data["cfg"]), "--backend", "ray", "--num-workers", "1",
                  "--out", str(run)]) == 0
+    err = capsys.readouterr().err  # the per-process memory summary, for people
+    assert "peak RSS per process (6 processes" in err
+    for label in ("driver", "worker 0", "graph shard 1", "PS shard 1"):
+        assert f"\n  {label} " in err, label
     recs = read_metrics(run).records
     train = [r for r in recs if r["type"] == "train"]
     assert {r["rank"] for r in train} == {0}

@@ -24,6 +24,14 @@ def test_ranks_merge_in_order_and_torn_lines_are_counted(tmp_path):
     assert read.records[-1] == {"type": "train", "rank": 1, "step": 3} and read.torn_lines == 2
 
 
+def test_driver_file_is_read_after_the_ranks(tmp_path):
+    metrics.append(tmp_path, None, {"type": "processes"})
+    metrics.append(tmp_path, 1, {"type": "train", "rank": 1})
+    metrics.append(tmp_path, 0, {"type": "train", "rank": 0})
+    assert metrics.driver_path(tmp_path).name == "driver.jsonl"
+    assert [r.get("rank", "driver") for r in metrics.read_metrics(tmp_path).records] == [0, 1, "driver"]
+
+
 def test_old_single_file_runs_still_read(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 1}) + "\n")
     metrics.append(tmp_path, 0, {"type": "train", "step": 2})

@@ -15,6 +15,7 @@ BENCH_MODULES = [
     "distgnn.bench.locality",
     "distgnn.bench.ps",
     "distgnn.bench.overhead",
+    "distgnn.bench.scaling",
 ]
 
 

@@ -152,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Time and peak RSS against input size, ours and DGL's, as JSON and a log-log plot."""
-    import psutil
-
     from distgnn.gen import _count
 
     try:
@@ -169,15 +167,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for n in sizes:
-            train = _generated(work, n, args.seed)
-            mem = psutil.virtual_memory().total
-            need = DGL_BYTES_PER_INTERACTION * n
-            skip = args.skip_dgl or need > 0.9 * mem
-            why = "" if not skip or args.skip_dgl else (
-                f"not run: needs about {need / 2**30:.0f} GiB by its measured {DGL_BYTES_PER_INTERACTION} "
-                f"bytes per interaction, the machine has {mem / 2**30:.0f} GiB")
-            rec = _compare(train, work / f"run-{n}", args, skip, why)
-            rec["interactions"] = n
+            rec = sweep_point(n, args, work)
             records.append(rec)
             print(format_table(rec), flush=True)
     sweep = {"command": "distgnn " + shlex.join(sys.argv[1:]), "num_parts": args.num_parts, "records": records}
@@ -185,6 +175,25 @@ def run_sweep(args: argparse.Namespace) -> int:
     plot_sweep(sweep, out / "partition_sweep.png")
     print(f"wrote {out / 'partition_sweep.json'} and {out / 'partition_sweep.png'}")
     return 0
+
+
+def sweep_point(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One size of the sweep: generate ``n`` interactions in ``work`` (or reuse them), partition
+    them with both sides (DGL's only where its measured memory per interaction fits the machine),
+    and return the record. ``args`` needs ``seed``, ``num_parts``, ``metis_path``, ``timeout`` and
+    ``skip_dgl``; ``bench scaling`` calls this size by size, to resume a sweep."""
+    import psutil
+
+    train = _generated(work, n, args.seed)
+    mem = psutil.virtual_memory().total
+    need = DGL_BYTES_PER_INTERACTION * n
+    skip = args.skip_dgl or need > 0.9 * mem
+    why = "" if not skip or args.skip_dgl else (
+        f"not run: needs about {need / 2**30:.0f} GiB by its measured {DGL_BYTES_PER_INTERACTION} "
+        f"bytes per interaction, the machine has {mem / 2**30:.0f} GiB")
+    rec = _compare(train, work / f"run-{n}", args, skip, why)
+    rec["interactions"] = n
+    return rec
 
 
 def plot_sweep(sweep: dict, path: Path) -> None:

@@ -115,6 +115,8 @@ def _run_ray(args: argparse.Namespace, cfg, out: Path, replace: bool) -> int:
     result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,
                      max_failures=max_failures, fault=fault, resume=args.resume, overwrite=replace,
                      node_memory=node_memory)
+    if result.get("processes"):  # for people (stderr); the JSON on stdout carries the record too
+        print(job.format_processes(result["processes"]), file=sys.stderr)
     print(json.dumps({"run_dir": str(out), **result}))
     return 0
 

@@ -238,7 +238,12 @@ class _GraphShard:
         return self.csc.train_interactions()
 
     def counters(self) -> dict[str, Any]:
-        return dict(self.stats, part_id=self.part_id)
+        """Work served, and this process's memory (``distgnn.stages.process_memory``: pid, peak
+        RSS) and node, for the job's per-process memory report."""
+        from distgnn.stages import process_memory
+
+        return dict(self.stats, part_id=self.part_id, node_id=ray.get_runtime_context().get_node_id(),
+                    **process_memory())
 
     def info(self) -> dict[str, Any]:
         import os

@@ -243,7 +243,14 @@ class _PSShard:
             self.store.load_state_dict({n: _tensor(np.asarray(v)) for n, v in state.items()})
 
     def counters(self) -> dict[str, Any]:
-        return dict(self.stats, part_id=self.part_id)
+        """Work served, and this process's memory (``distgnn.stages.process_memory``: pid, peak
+        RSS) and node, for the job's per-process memory report."""
+        import ray as _ray
+
+        from distgnn.stages import process_memory
+
+        return dict(self.stats, part_id=self.part_id, node_id=_ray.get_runtime_context().get_node_id(),
+                    **process_memory())
 
     def info(self) -> dict[str, Any]:
         import ray as _ray

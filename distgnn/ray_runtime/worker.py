@@ -1,9 +1,13 @@
 """The Ray Train worker: ``Trainer.train`` (the same loop as the local backend) with a Ray runtime.
 
-Worker ``rank`` of N trains partitions ``rank, rank + N, ...`` (one each when N equals the number
-of partitions). Its graph store is a ``RayGraphStore`` whose own partitions are mapped zero-copy
-from the object store (remote seeds go to the other GraphShards),
-its embedding store the shared ``RayEmbeddingStore`` (the parameter-server shards), and its dense
+The partitions are split into N groups ``g, g + N, g + 2N, ...`` (one partition each when N
+equals the number of partitions), and each worker trains one group: on one node worker ``rank``
+takes group ``rank``; on a multi-node cluster each worker takes the group whose shards are on its
+own node where one is (``node_groups``: Ray Train places workers without regard to our shards, so
+without this a worker could train a partition held on another node and every one of its "local"
+reads would cross the network). Its graph store is a ``RayGraphStore`` whose own partitions are
+mapped zero-copy from the object store (remote seeds go to the other GraphShards), its embedding
+store the shared ``RayEmbeddingStore`` (the parameter-server shards), and its dense
 weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 
 ``RayTrainRuntime`` fills in the loop's hooks (``distgnn.trainer.Runtime``):
@@ -26,7 +30,12 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
   and PS client's traffic counters (remote degree requests among them), and the stage split of
   the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
-  backward).
+  backward), and the worker process's ``pid``, ``node_id``, ``peak_rss_bytes`` (lifetime peak,
+  ``distgnn.stages.process_memory``), ``cpu_seconds`` (CPU time of all its threads so far: on
+  an oversubscribed machine it still measures the work, where wall time measures the wait too) and
+  ``compute_cpu_seconds`` (the training thread's CPU time in forward, backward and dense step so
+  far, ``Trainer.compute_cpu_seconds``).
+  The driver reads the last record of each rank for its per-process memory report.
 """
 from __future__ import annotations
 
@@ -69,6 +78,34 @@ def assigned_parts(rank: int, num_workers: int, num_parts: int) -> list[int]:
     return list(range(rank, num_parts, num_workers))
 
 
+def node_groups(rank_nodes: list[str | None], shard_nodes: list[str | None]) -> list[int]:
+    """``group[rank]``: which partition group (``assigned_parts(group, N, P)``) each of the N ranks
+    trains, so that as many partitions as possible are trained on the node holding their shards.
+
+    The groups themselves never change (so ``steps_per_epoch``, which depends only on them, holds
+    for any choice); only which rank takes which is decided: greedily, group by group, the free
+    rank on the node holding most of the group's shards, ties going to the rank of the group's own
+    number. When every process is on one node that is the identity. Every rank computes the same
+    answer from the same gathered lists."""
+    n, num_parts = len(rank_nodes), len(shard_nodes)
+    free = set(range(n))
+    owner = [-1] * n
+    for g in range(n):
+        parts = assigned_parts(g, n, num_parts)
+
+        def score(r: int) -> tuple[int, int, int]:
+            here = sum(1 for p in parts if shard_nodes[p] is not None and shard_nodes[p] == rank_nodes[r])
+            return (here, r == g, -r)
+
+        best = max(free, key=score)
+        owner[g] = best
+        free.remove(best)
+    group = [0] * n
+    for g, r in enumerate(owner):
+        group[r] = g
+    return group
+
+
 def steps_per_epoch(manifest: dict, batch_size: int, num_workers: int | None = None) -> int:
     """Equal steps for every worker: the busiest worker's interactions / batch size."""
     parts = manifest["parts"]
@@ -93,6 +130,9 @@ class RayTrainRuntime(Runtime):
         self.resume_from = resume_from
         self._allreduce = {"s": 0.0}
         self._last_sampler: dict[str, float] = {}
+        self._node_id = _node_id()
+        self.parts: list[int] = []  # the partitions this worker trains (set by train_loop_per_worker)
+        self.trainer: Trainer | None = None  # for its compute CPU counter (set by train_loop_per_worker)
 
     # --- setup ------------------------------------------------------------------------------
     def wrap_model(self, trainer: Trainer) -> None:
@@ -166,8 +206,14 @@ class RayTrainRuntime(Runtime):
                   "all_reduce": self._allreduce["s"]}
         self._last_sampler = sampler
         self._allreduce["s"] = 0.0
-        return {"rank": self.rank, "stage_seconds": stages, "traffic": {**sampler, **self.emb.counters()},
-                "peak_rss_bytes": peak_rss_bytes()}
+        from distgnn.stages import process_memory
+
+        mem = process_memory()
+        return {"rank": self.rank, "parts": self.parts, "stage_seconds": stages,
+                "traffic": {**sampler, **self.emb.counters()}, "pid": mem["pid"], "node_id": self._node_id,
+                "peak_rss_bytes": mem["peak_rss_bytes"],
+                "cpu_seconds": round(time.process_time(), 3),
+                "compute_cpu_seconds": round(getattr(self.trainer, "compute_cpu_seconds", 0.0), 4)}
 
     def barrier(self, what: str) -> None:
         import torch.distributed as dist
@@ -250,6 +296,16 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - descriptive only
+        return None
+
+
 def worker_device(kind: str) -> str:
     """``cuda``: the GPU Ray Train assigned to this worker (``cuda:k``); else ``cpu``."""
     if kind != "cuda":
@@ -289,7 +345,8 @@ def _timed_allreduce(state: dict, bucket):
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs inside each Ray Train worker: worker ``rank`` trains ``assigned_parts(rank, ...)``."""
+    """Runs inside each Ray Train worker: worker ``rank`` trains the partition group ``node_groups``
+    gives it (group ``rank`` unless another rank's node holds its shards)."""
     import ray.train
     import torch
 
@@ -304,7 +361,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     cfg = config_from_dict(loop_config["config"], "config")
     cfg.train.device = worker_device(loop_config.get("device", "cpu"))
-    parts = assigned_parts(rank, ctx.get_world_size(), len(loop_config["graph_shards"]))
+    world = ctx.get_world_size()
+    shard_nodes = loop_config.get("shard_nodes") or [None] * len(loop_config["graph_shards"])
+    rank_nodes: list = [None] * world
+    if world > 1:  # every rank's node, for the same answer everywhere
+        import torch.distributed as dist
+
+        dist.all_gather_object(rank_nodes, _node_id())
+    else:
+        rank_nodes = [_node_id()]
+    group = node_groups(rank_nodes, shard_nodes)[rank]
+    parts = assigned_parts(group, world, len(loop_config["graph_shards"]))
     graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_parts=parts,
                           timeout_s=loop_config["timeout_s"])
     emb = loop_config["emb"]
@@ -324,7 +391,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     from dgl.utils import set_num_threads
     set_num_threads(threads)
-    runtime = RayTrainRuntime(rank, ctx.get_world_size(), int(loop_config["steps_per_epoch"]), graph, emb,
+    runtime = RayTrainRuntime(rank, world, int(loop_config["steps_per_epoch"]), graph, emb,
                               loop_config.get("fault"), loop_config.get("resume_from"))
+    runtime.parts, runtime.trainer = parts, trainer
     runtime.wrap_model(trainer)
     trainer.train(resume=False, runtime=runtime)
