@@ -300,6 +300,7 @@ def read_manifest(ckpt: Path) -> dict[str, Any]:
 
 
 def read_dense(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    verify_once(Path(ckpt), DENSE)
     try:
         return torch.load(ckpt / DENSE, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
@@ -329,7 +330,34 @@ def same_partitions(ckpt_manifest: dict[str, Any], partition_manifest: dict[str,
             and have.get("partitions", {}).get("id_map_sha256") == want["partitions"]["id_map_sha256"])
 
 
+# checkpoint files whose sha256 this process has checked: (path, size, mtime_ns)
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify_once(ckpt: Path, relpath: str) -> None:
+    """Check one file of a version-2 checkpoint against its manifest sha256 the first time this
+    process opens it (a shard reads only its own files, so each process hashes what it reads);
+    a changed or truncated file is one ``UserError`` naming it. v1 checkpoints carry no checksums."""
+    path = Path(ckpt) / relpath
+    try:
+        st = path.stat()
+    except OSError:
+        return  # the reader reports the missing file
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED or not (Path(ckpt) / MANIFEST).is_file():
+        return
+    rec = read_manifest(Path(ckpt))["files"].get(relpath)
+    if rec is None:
+        raise UserError(f"{path} is not listed in {Path(ckpt) / MANIFEST}; the checkpoint is damaged: "
+                        f"use another checkpoint of the run")
+    if st.st_size != rec.get("bytes") or fmt.sha256_file(path) != rec.get("sha256"):
+        raise UserError(f"{path} does not match the sha256 in {Path(ckpt) / MANIFEST} (changed, truncated "
+                        f"or corrupted); use another checkpoint of the run")
+    _VERIFIED.add(key)
+
+
 def _open(path: Path) -> pq.ParquetFile:
+    verify_once(path.parent.parent, f"{path.parent.name}/{path.name}")
     try:
         return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:

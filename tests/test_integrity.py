@@ -48,3 +48,25 @@ def test_training_cli_refuses_a_tampered_id_map_in_one_line(parts, tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "id_map/item.parquet does not match the sha256" in lines[0]
     assert "Traceback" not in p.stderr
+
+
+def test_a_changed_checkpoint_file_is_named_on_load(parts, tmp_path):
+    """Checkpoint files (format v2) are checked against the checkpoint manifest's sha256 on first
+    open: evaluate refuses a damaged shard file in one line, and reads an intact one."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data:\n  partitions: {parts}\nmodel:\n  dim: 8\n  hidden: 8\n  heads: 1\n"
+                   f"train:\n  epochs: 1\n  batch_size: 64\n  threads: 1\n  eval_every: 0\n")
+    run = tmp_path / "run"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "distgnn.cli", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+
+    assert cli("train", "--config", str(cfg), "--out", str(run), "--max-steps", "2").returncode == 0
+    assert cli("evaluate", "--run", str(run)).returncode == 0
+    (ckpt,) = (run / "checkpoints").glob("step-*")
+    _flip_last_data_byte(ckpt / "embeddings" / "item-00001.parquet")
+    p = cli("evaluate", "--run", str(run))
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "embeddings/item-00001.parquet does not match the sha256" in lines[0]
