@@ -330,30 +330,22 @@ def same_partitions(ckpt_manifest: dict[str, Any], partition_manifest: dict[str,
             and have.get("partitions", {}).get("id_map_sha256") == want["partitions"]["id_map_sha256"])
 
 
-# checkpoint files whose sha256 this process has checked: (path, size, mtime_ns)
-_VERIFIED: set[tuple[str, int, int]] = set()
-
-
 def verify_once(ckpt: Path, relpath: str) -> None:
-    """Check one file of a version-2 checkpoint against its manifest sha256 the first time this
-    process opens it (a shard reads only its own files, so each process hashes what it reads);
-    a changed or truncated file is one ``UserError`` naming it. v1 checkpoints carry no checksums."""
-    path = Path(ckpt) / relpath
-    try:
-        st = path.stat()
-    except OSError:
-        return  # the reader reports the missing file
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _VERIFIED or not (Path(ckpt) / MANIFEST).is_file():
+    """One file of a version-2 checkpoint against its manifest's sha256, the first time this
+    process opens it (``format.check_sha256_once``): a shard reads only its own files, so each
+    process hashes what it reads. v1 checkpoints carry no checksums."""
+    ckpt = Path(ckpt)
+    if not (ckpt / MANIFEST).is_file():
         return
-    rec = read_manifest(Path(ckpt))["files"].get(relpath)
-    if rec is None:
-        raise UserError(f"{path} is not listed in {Path(ckpt) / MANIFEST}; the checkpoint is damaged: "
-                        f"use another checkpoint of the run")
-    if st.st_size != rec.get("bytes") or fmt.sha256_file(path) != rec.get("sha256"):
-        raise UserError(f"{path} does not match the sha256 in {Path(ckpt) / MANIFEST} (changed, truncated "
-                        f"or corrupted); use another checkpoint of the run")
-    _VERIFIED.add(key)
+
+    def listed() -> dict:
+        rec = read_manifest(ckpt)["files"].get(relpath)
+        if rec is None:
+            raise UserError(f"{ckpt / relpath} is not listed in {ckpt / MANIFEST}; the checkpoint is "
+                            f"damaged: use another checkpoint of the run")
+        return rec
+
+    fmt.check_sha256_once(ckpt / relpath, listed, ckpt / MANIFEST, "use another checkpoint of the run")
 
 
 def _open(path: Path) -> pq.ParquetFile:

@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -167,14 +167,13 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
 _VERIFIED: set[tuple[str, int, int]] = set()
 
 
-def verify_once(root: str | Path, relpath: str) -> None:
-    """Check a partition file's sha256 against the manifest the first time this process opens it.
-
-    Sizes alone (``check_files``) miss a flipped byte; hashing is ~1 GB/s, small next to reading
-    and decoding the file, and a process opens each file once (a worker only its own partitions',
-    its id-map slices' files and the targets). A directory without a manifest (being created) or a
-    file the manifest does not list is not checked here; ``partition verify`` checks everything."""
-    path = Path(root) / relpath
+def check_sha256_once(path: Path, listed: Callable[[], dict | None], manifest: Path, fix: str) -> None:
+    """The one first-open integrity check (partition files here, checkpoint files in
+    ``distgnn.checkpoint``): the first time this process opens ``path`` (as it is now: size and
+    mtime), compare its sha256 with ``listed()``, the file's manifest record (``None``: nothing to
+    check against). A mismatch is one ``UserError`` naming the file, the manifest and ``fix``.
+    Hashing runs at ~1 GB/s, small next to reading and decoding the file, and each process opens
+    each file once."""
     try:
         st = path.stat()
     except OSError:
@@ -182,17 +181,27 @@ def verify_once(root: str | Path, relpath: str) -> None:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _VERIFIED:
         return
-    try:
-        listed = json.loads((Path(root) / MANIFEST).read_text()).get("files", {})
-    except (OSError, ValueError):
+    rec = listed()
+    if rec is None or rec.get("sha256") is None:
         return
-    want = listed.get(relpath, {}).get("sha256")
-    if want is None:
-        return
-    if sha256_file(path) != want:
-        raise UserError(f"{path} does not match the sha256 in {Path(root) / MANIFEST} (changed, "
-                        f"truncated or corrupted); restore it or re-run 'distgnn partition create'")
+    if (rec.get("bytes") is not None and st.st_size != rec["bytes"]) or sha256_file(path) != rec["sha256"]:
+        raise UserError(f"{path} does not match the sha256 in {manifest} (changed, truncated or "
+                        f"corrupted); {fix}")
     _VERIFIED.add(key)
+
+
+def verify_once(root: str | Path, relpath: str) -> None:
+    """A partition file's first-open check against ``manifest.json`` (``check_sha256_once``). Sizes
+    alone (``check_files``) miss a flipped byte. A directory without a manifest (being created) or
+    a file the manifest does not list is not checked here; ``partition verify`` checks everything."""
+    def listed() -> dict | None:
+        try:
+            return json.loads((Path(root) / MANIFEST).read_text()).get("files", {}).get(relpath)
+        except (OSError, ValueError):
+            return None
+
+    check_sha256_once(Path(root) / relpath, listed, Path(root) / MANIFEST,
+                      "restore it or re-run 'distgnn partition create'")
 
 
 def read_table(root: str | Path, relpath: str, columns: list[str] | None = None) -> pa.Table:
