@@ -165,7 +165,9 @@ def test_unreadable_partition_on_a_node_is_one_line_before_training(ray_cluster,
     edges.write_bytes(b"\0" * edges.stat().st_size)
     out = tmp_path / "run"
     assert main(["train", "--config", str(data["cfg"]), "--partitions", str(parts), "--backend", "ray",
-                 "--num-workers", "2", "--out", str(out)]) == 2
+                 "--num-workers", "2", "--out", str(out),
+                 # the node's memory as given: the test must not depend on what else runs here
+                 "--node-memory", "64G"]) == 2
     lines = _our_lines(capsys)
     assert len(lines) == 1, lines
     # the shard's first open checks the file's sha256 against the manifest (docs/format.md)
@@ -176,7 +178,7 @@ def test_unreadable_partition_on_a_node_is_one_line_before_training(ray_cluster,
 
 def test_a_job_that_fits_prints_its_estimate_and_trains(ray_cluster, data, capsys):
     out = data["tmp"] / "run-ok"
-    assert _train(data, out, "--num-workers", "2") == 0
+    assert _train(data, out, "--num-workers", "2", "--node-memory", "64G") == 0
     lines = _our_lines(capsys)
     assert any(line.startswith("distgnn train: memory estimate: ") for line in lines), lines
     assert (out / "run.json").is_file()
