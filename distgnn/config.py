@@ -91,6 +91,8 @@ class FaultConfig(_Strict):
     step: int = Field(0, ge=0, description="step within that epoch at which the worker exits")
     ps_shard: Optional[int] = Field(None, ge=0, description="parameter-server shard that exits ...")
     ps_after_pushes: int = Field(1, gt=0, description="... after this many pushes")
+    ps_idle_epoch: Optional[int] = Field(None, ge=0, description="... or, instead, is killed while idle "
+                                         "at the end of this epoch (0-based), before its checkpoint")
 
 
 class TrainConfig(_Strict):

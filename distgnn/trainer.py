@@ -179,6 +179,11 @@ class Runtime:
     def barrier(self, what: str) -> None:
         """Every worker has reached this point (and its pushes are applied)."""
 
+    def check_health(self, trainer: "Trainer", where: str) -> None:
+        """Every remote part of the job is alive and still the incarnation this worker started
+        with; raises otherwise (the Ray runtime's parameter-server fencing, D30). Called by every
+        worker at the end of an epoch and by the chief just before it writes a checkpoint."""
+
     def agree(self, value: Any) -> Any:
         """The chief's ``value``, on every worker."""
         return value
@@ -418,6 +423,7 @@ class Trainer:
             self.epoch += 1
             self.step_in_epoch = 0
             self.p.emb.flush()
+            rt.check_health(self, "at the end of the epoch")  # before anyone checkpoints these rows
             rt.barrier(f"end of epoch {self.epoch}")  # every worker's pushes are in the store
             improved = False
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
@@ -431,6 +437,7 @@ class Trainer:
             last_ckpt_step = self.global_step
         if last_ckpt_step != self.global_step:
             self.p.emb.flush()
+            rt.check_health(self, "at the end of training")
             rt.barrier("final checkpoint")
             self._commit(rt, {"epoch": self.epoch, "step": self.global_step}, False)
         summary = {"run_dir": str(self.run_dir), "epoch": self.epoch, "global_step": self.global_step,
@@ -465,6 +472,7 @@ class Trainer:
         """The chief writes a checkpoint (commit marker last); every worker reports."""
         path = None
         if rt.is_chief:
+            rt.check_health(self, "before checkpoint")  # an idle crash must not be saved
             path = self.save()
             if improved:
                 ckpt.mark_best(self.run_dir, path, f"recall@{self.cfg.eval.k}", self.best_value,

@@ -117,12 +117,15 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         rundir.write_marker(run_dir, "ray")
         atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir)
+        graph_shards, ps_shards = _start_shards(cfg, book, timeout_s, shm_dir, run_dir)
         emb = RayEmbeddingStore(ps_shards, book, cfg.model.dim, cfg.embedding.optimizer, timeout_s=timeout_s,
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, min(cfg.train.threads, total_cpus // num_workers))
+        import uuid
+
         loop_config = {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
+                       "job_id": uuid.uuid4().hex,  # tells a restart within this job from a new job
                        "graph_shards": graph_shards, "emb": emb, "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
                        "threads_per_worker": threads, "device": device,
@@ -188,11 +191,14 @@ def _shm_dir() -> str | None:
     return f"/dev/shm/{atomic.SHM_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
-def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tuple[list, list]:
+def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None,
+                  run_dir: Path | None = None) -> tuple[list, list]:
     """One GraphShard per partition, spread over the nodes, and each partition's parameter-server
-    shard on the same node as its GraphShard (node affinity), so a partition's structure and rows
-    live together. Both are 0-CPU actors: they fit beside the training workers. With ``shm_dir``
-    each shard keeps its rows in shared memory there, for the trainer on its node to map."""
+    shard on the same node as its GraphShard (node affinity, soft: a shard restarted after its
+    node was lost goes elsewhere), so a partition's structure and rows live together. Both are
+    0-CPU actors: they fit beside the training workers. With ``shm_dir`` each shard keeps its rows
+    in shared memory there, for the trainer on its node to map; with ``run_dir`` a restarted PS
+    shard reloads the run's last committed checkpoint."""
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.graph_shard import create_graph_shards
     from distgnn.ray_runtime.ps import create_ps_shards
@@ -201,11 +207,13 @@ def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None) -> tu
                                        timeout_s=timeout_s)
     infos = cluster.get_with_deadline([g.info.remote() for g in graph_shards], timeout_s, "GraphShard info")
     strategies = [cluster.node_strategy(i["node_id"], soft=True) for i in infos]
+    fault = cfg.train.fault
     ps_shards = create_ps_shards(book, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
                                  cfg.embedding.init_std, tuple(cfg.embedding.betas), cfg.embedding.eps,
                                  seed=cfg.train.seed, scheduling_strategies=strategies, timeout_s=timeout_s,
-                                 crash=(cfg.train.fault.ps_shard, cfg.train.fault.ps_after_pushes)
-                                 if cfg.train.fault.ps_shard is not None else None, shm_dir=shm_dir)
+                                 crash=(fault.ps_shard, fault.ps_after_pushes)
+                                 if fault.ps_shard is not None and fault.ps_idle_epoch is None else None,
+                                 shm_dir=shm_dir, run_dir=run_dir, partitions_root=cfg.data.partitions)
     return graph_shards, ps_shards
 
 
@@ -231,33 +239,27 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
         except BaseException as exc:  # re-raised in the driver thread
             box["error"] = exc
 
+    # records already in each file (a resumed run's old ones are not shown again), counted before
+    # the job can add any; per file, since only each rank's file is append-only, not the merged list
+    shown = {path: len(recs) for path, recs in read_metrics(run_dir).by_file()}
     thread = threading.Thread(target=target, daemon=True, name="ray-train-fit")
     thread.start()
-    def shown_records(records: list[dict]) -> list[dict]:  # the chief's, in order
-        return [r for r in records if r.get("type") in ("checkpoint", "valid", "warning")]
-
     bar = tqdm(total=epochs, desc="ray training", unit="epoch", file=sys.stderr, disable=None)
-    first = read_metrics(run_dir)  # a resumed run's old records are not shown again
-    last_progress, seen, shown = time.monotonic(), len(first.records), len(shown_records(first.records))
+    last_progress = time.monotonic()
     try:
-        while thread.is_alive():
+        while True:
             thread.join(timeout=1.0)
-            records = read_metrics(run_dir).records
-            if len(records) > seen:
+            done = not thread.is_alive()  # then one last read: the final records are shown too
+            grew = False
+            for path, recs in read_metrics(run_dir).by_file():
+                for rec in recs[shown.get(path, 0):]:
+                    _show(rec, bar)
+                grew |= len(recs) > shown.get(path, 0)
+                shown[path] = max(shown.get(path, 0), len(recs))
+            if done:
+                break
+            if grew:
                 last_progress = time.monotonic()
-                new = shown_records(records)
-                for rec in new[shown:]:
-                    if rec.get("type") == "checkpoint":
-                        bar.n = rec["epoch"]
-                        bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
-                        bar.refresh()
-                    elif rec.get("type") == "valid":
-                        values = ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
-                                          if k.startswith(("recall@", "ndcg@")))
-                        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {values}", file=sys.stderr)
-                    else:
-                        tqdm.write(f"warning: {rec.get('message')}", file=sys.stderr)
-                seen, shown = len(records), len(new)
             elif time.monotonic() - last_progress > stall_timeout_s:
                 raise RayCallError(f"Ray training made no progress for {stall_timeout_s:.0f}s (no new "
                                    f"record in {run_dir}/metrics); {stall_report(run_dir)} (raise "
@@ -267,6 +269,27 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _show(rec: dict, bar) -> None:
+    """One record on the driver's console: the chief's checkpoints move the bar; validation
+    results, warnings (any rank's) and recovered faults are one line each."""
+    from tqdm import tqdm
+
+    from distgnn.ray_runtime.faults import fault_line
+
+    kind = rec.get("type")
+    if kind == "checkpoint":
+        bar.n = rec["epoch"]
+        bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
+        bar.refresh()
+    elif kind == "valid":
+        values = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k.startswith(("recall@", "ndcg@")))
+        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {values}", file=sys.stderr)
+    elif kind == "warning":
+        tqdm.write(f"warning: {rec.get('message')}", file=sys.stderr)
+    elif kind == "fault":
+        tqdm.write(fault_line(rec), file=sys.stderr)
 
 
 def _memory_line(text: str) -> str:

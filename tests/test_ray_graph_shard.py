@@ -183,6 +183,39 @@ def test_dead_graph_shard_is_a_clear_error(ray_cluster, root, book):
     ray.kill(shards[0])
 
 
+def test_a_crashed_graph_shard_restarts_and_serves_the_same_edges(ray_cluster, root, book):
+    """GraphShards hold nothing that changes: Ray restarts a crashed one (it reloads its partition
+    files, under a new generation) and the sampler's calls go on; a trainer that maps the
+    restarted shard's partition gets the new incarnation's CSC object."""
+    import time
+
+    shards = create_graph_shards(root, 2, timeout_s=60)
+    try:
+        remote = DistributedNeighborSampler(shards, book, local_parts=[], timeout_s=60)
+        seeds = _seeds(book)
+        before = _edge_set(*remote.sample_neighbors(seeds, -1))
+        old = ray.get(shards[1].info.remote(), timeout=30)
+        ray.kill(shards[1], no_restart=False)  # a crash: Ray may restart it
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = ray.get(shards[1].info.remote(), timeout=10)
+                if info["generation"] == 1:
+                    break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the GraphShard was not restarted"
+            time.sleep(0.2)
+        assert info["pid"] != old["pid"] and info["num_edges"] == old["num_edges"]
+        assert _edge_set(*remote.sample_neighbors(seeds, -1)) == before
+        mapped = DistributedNeighborSampler(shards, book, local_parts=[1], timeout_s=60)
+        assert _edge_set(*mapped.sample_neighbors(seeds, -1)) == before
+        assert mapped.counters()["local_edges"] > 0
+    finally:
+        for a in shards:
+            ray.kill(a)
+
+
 def test_shards_of_a_partition_share_a_placement_group_bundle(ray_cluster, root, book):
     from ray.util.placement_group import remove_placement_group
 

@@ -105,7 +105,8 @@ def _run_ray(args: argparse.Namespace, cfg, out: Path, replace: bool) -> int:
     """Train on Ray, then evaluate the final checkpoint on the driver like the local backend."""
     from launch import job
 
-    fault = cfg.train.fault.model_dump() if cfg.train.fault.worker is not None else None
+    f = cfg.train.fault
+    fault = f.model_dump() if f.worker is not None or f.ps_idle_epoch is not None else None
     max_failures = DEFAULT_MAX_FAILURES if args.max_failures is None else args.max_failures
     result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,
                      max_failures=max_failures, fault=fault, resume=args.resume, overwrite=replace)
