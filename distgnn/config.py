@@ -81,6 +81,18 @@ class EmbeddingConfig(_Strict):
     async_pushes: int = Field(0, ge=0, description="Ray backend: gradient pushes a worker may have in "
                                                    "flight (0 = synchronous; k bounds staleness to k "
                                                    "steps, see docs/architecture.md)")
+    ordered_pushes: bool = Field(False, description="Ray backend: the workers push in rank order every "
+                                                    "step, each push applied before the next worker's "
+                                                    "and all before any next pull, so a run is "
+                                                    "reproducible (same seed, same model; costs one "
+                                                    "barrier per worker per step)")
+
+    @model_validator(mode="after")
+    def _check_push_modes(self) -> "EmbeddingConfig":
+        if self.ordered_pushes and self.async_pushes:
+            raise ValueError("ordered_pushes waits for every push, async_pushes leaves some in flight: "
+                             "set one of them")
+        return self
 
 
 class FaultConfig(_Strict):

@@ -4,7 +4,8 @@ included, SIGKILL) in the middle of the second epoch. The job finishes on the tw
 Ray restarts the lost node's GraphShard and PS shard elsewhere (the PS shard reloads the last
 checkpoint under a new generation), Ray Train restarts the worker group there, the workers roll
 back to that checkpoint, and the chief records the fault. The final Recall@20 is within 0.005 of
-an uninterrupted run with the same seed on the same cluster.
+an uninterrupted run with the same seed on the same cluster (with ``embedding.ordered_pushes`` a
+run is reproducible, and the rollback is exact, so in practice they are equal).
 
 Multi-process: a deadline on the test and on each wait; a failing test's report carries the tails
 of every node's worker logs (``distgnn.ray_runtime.testing.multi_node_cluster``).
@@ -40,8 +41,11 @@ BATCH = 64
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nodeloss")
     parts = partitioned(tmp, num_parts=2, method="metis", num_users=200, num_items=120)
+    # ordered pushes: without them two identical uninterrupted runs differed by up to 0.008 in
+    # Recall@20 (the workers' pushes race), more than the bound this test checks
     cfg = small_config(tmp, parts, train={"epochs": EPOCHS, "batch_size": BATCH, "log_every": 1,
-                                          "eval_every": 0, "threads": 1})
+                                          "eval_every": 0, "threads": 1},
+                       embedding={"ordered_pushes": True})
     return {"tmp": tmp, "parts": parts, "cfg": cfg,
             "steps": steps_per_epoch(fmt.load_manifest(parts), BATCH, 2)}
 

@@ -391,6 +391,30 @@ def test_crash_while_idle_is_found_before_a_checkpoint(ray_cluster, parts, tmp_p
         _kill(shards)
 
 
+def test_failed_attach_falls_back_to_calls_and_says_why(ray_cluster, parts, tmp_path):
+    """A shard's shared files that cannot be mapped (here: one removed behind its back) are never
+    mapped as fresh zeros: the client uses calls for that partition and records the reason, which
+    the trainer's warning record carries to the driver."""
+    book = _book(parts[(2, "metis")])
+    shm = tmp_path / "shm"
+    shards = create_ps_shards(book, DIM, optimizer="adagrad", timeout_s=60, shm_dir=str(shm))
+    try:
+        (weight,) = shm.glob("ps0-g0-*.weight")
+        weight.unlink()
+        store = RayEmbeddingStore(shards, book, DIM, "adagrad", local_parts=[0, 1], timeout_s=20)
+        assert not store.attach_local()
+        assert sorted(store._views) == [1]
+        assert store.shm_fallbacks[0].startswith("mapping PSShard 0's rows failed (FileNotFoundError"), \
+            store.shm_fallbacks
+        assert not weight.exists(), "attaching re-created the removed file"
+        lo, hi = int(book.gid_start[0]), int(book.gid_end[0])
+        rows = store.pull(torch.arange(lo, hi))  # by call: the shard's own (intact) rows
+        assert torch.equal(rows, torch.from_numpy(ray.get(shards[0].state_dict.remote())["weight"]))
+    finally:
+        ray.get([s.close.remote() for s in shards])
+        _kill(shards)
+
+
 def test_learning_rate_reaches_every_shard(ray_cluster, parts):
     """lr_decay: the trainer sets emb.lr every epoch; the shards must apply it."""
     book = _book(parts[(2, "metis")])

@@ -15,6 +15,7 @@ import pytest
 from distgnn import checkpoint as ckpt
 from distgnn.cli import main
 from distgnn.metrics import read_metrics
+from distgnn.ray_runtime import faults
 from distgnn.ray_runtime.faults import fault_line
 from tests.train_cfg import small_config
 from tests.train_data import move_test_split_away, partitioned
@@ -72,7 +73,13 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     # own-partition rows went through the shard's shared memory, not calls; none left behind
     assert traffic["pull_rows_mapped"] == traffic["pull_rows_local"] > 0
     assert traffic["push_rows_mapped"] == traffic["push_rows_local"] > 0
-    assert not list(Path("/dev/shm").glob("distgnn-*")), "shared rows left behind"
+    # (other jobs on this machine may have their own /dev/shm/distgnn-* directories: look for
+    # files of this run's shards, named by their pids, recorded in the run's layout)
+    pids = {s["pid"] for s in faults.read_layout(run)["ps"]}
+    assert len(pids) == 2
+    ours = [f for f in Path("/dev/shm").glob("distgnn-*/ps*")
+            if int(f.name.split(".")[0].rsplit("-", 1)[1]) in pids]
+    assert not ours, "shared rows left behind"
     assert traffic["remote_requests"] > 0 and traffic["push_bytes_remote"] > 0
     assert set(train[-1]["stage_seconds"]) >= {"sample_local", "sample_remote", "pull", "forward",
                                                "backward", "push", "all_reduce"}

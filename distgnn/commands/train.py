@@ -10,8 +10,8 @@ from distgnn.errors import UserError
 
 DEFAULT_MAX_FAILURES = 2
 # Config fields only the Ray backend reads: the local backend warns when they are set.
-RAY_ONLY_FIELDS = ("embedding.shared_memory", "embedding.async_pushes", "train.local_negatives",
-                   "train.fault")
+RAY_ONLY_FIELDS = ("embedding.shared_memory", "embedding.async_pushes", "embedding.ordered_pushes",
+                   "train.local_negatives", "train.fault")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -428,6 +428,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                   loop_config.get("fault"), loop_config.get("resume_from"),
                                   loop_config.get("job_id", ""))
         runtime.wrap_model(trainer)
+        if cfg.embedding.ordered_pushes:  # reproducible: pushes take turns in rank order
+            emb.order_pushes(rank, ctx.get_world_size())
         trainer.train(resume=False, runtime=runtime)
     except BaseException as exc:  # what this worker saw, for the restarted chief's fault record
         faults.error_note(run_dir, rank, exc, trainer.global_step if trainer is not None else -1)
