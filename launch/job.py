@@ -184,7 +184,9 @@ def _shm_dir() -> str | None:
 
     from distgnn import atomic
 
-    if not os.path.isdir("/dev/shm"):
+    if not os.path.isdir("/dev/shm"):  # a slower path, said out loud (the trainers warn too)
+        print("warning: this node has no /dev/shm: the parameter-server shards keep their rows "
+              "private and every pull and push is a call", file=sys.stderr)
         return None
     for d in atomic.sweep_shm("/dev/shm"):  # leftovers of killed jobs on this node
         print(f"removed stale shared memory {d} (its parameter-server shards are gone)", file=sys.stderr)
