@@ -81,6 +81,18 @@ class EmbeddingConfig(_Strict):
     async_pushes: int = Field(0, ge=0, description="Ray backend: gradient pushes a worker may have in "
                                                    "flight (0 = synchronous; k bounds staleness to k "
                                                    "steps, see docs/architecture.md)")
+    ordered_pushes: bool = Field(False, description="Ray backend: the workers push in rank order every "
+                                                    "step, each push applied before the next worker's "
+                                                    "and all before any next pull, so a run is "
+                                                    "reproducible (same seed, same model; costs one "
+                                                    "barrier per worker per step)")
+
+    @model_validator(mode="after")
+    def _check_push_modes(self) -> "EmbeddingConfig":
+        if self.ordered_pushes and self.async_pushes:
+            raise ValueError("ordered_pushes waits for every push, async_pushes leaves some in flight: "
+                             "set one of them")
+        return self
 
 
 class FaultConfig(_Strict):
@@ -91,6 +103,8 @@ class FaultConfig(_Strict):
     step: int = Field(0, ge=0, description="step within that epoch at which the worker exits")
     ps_shard: Optional[int] = Field(None, ge=0, description="parameter-server shard that exits ...")
     ps_after_pushes: int = Field(1, gt=0, description="... after this many pushes")
+    ps_idle_epoch: Optional[int] = Field(None, ge=0, description="... or, instead, is killed while idle "
+                                         "at the end of this epoch (0-based), before its checkpoint")
 
 
 class TrainConfig(_Strict):
@@ -144,6 +158,10 @@ class TrainConfig(_Strict):
                                                "the current step computes (0 = sample in the step); "
                                                "the sampled sequence is the same either way")
     keep_checkpoints: int = Field(2, gt=0, description="latest checkpoints kept (plus the best)")
+    checkpoint_every_steps: Optional[int] = Field(
+        None, gt=0, description="also checkpoint every this many steps inside an epoch (a long "
+                                "epoch on a big graph then loses at most this many steps to a "
+                                "crash; --resume continues mid-epoch exactly); none = epoch ends only")
     progress: bool = True
     fault: FaultConfig = FaultConfig()
 

@@ -19,6 +19,7 @@ correction, so a row's update depends only on the gradients that row has receive
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -106,7 +107,7 @@ class LocalEmbeddingStore(EmbeddingStore):
         self.device = torch.device("cpu")
         for name in self._state_names():
             path, shape, dtype = spec[name]
-            setattr(self, name, _map_file(path, shape, getattr(torch, dtype)))
+            setattr(self, name, _map_file(path, shape, getattr(torch, dtype), create=False))
         self.num_rows, self.dim = self.weight.shape
         return self
 
@@ -208,6 +209,14 @@ def _log(beta: float) -> float:
     return math.log(beta) if beta > 0 else -math.inf
 
 
-def _map_file(path: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+def _map_file(path: str, shape: list[int], dtype: torch.dtype, create: bool = True) -> torch.Tensor:
+    """A tensor over the file ``path``, shared with every process mapping it. ``create=False``
+    (attaching to another process's rows): the file must exist with exactly that size, since
+    ``torch.from_file`` would silently create a missing file, or grow a short one, as zeros."""
     numel = int(np.prod(shape)) if shape else 1
+    if not create:
+        want = numel * torch.empty(0, dtype=dtype).element_size()
+        size = os.path.getsize(path)  # FileNotFoundError if it is gone
+        if size != want:
+            raise ValueError(f"{path} has {size} bytes, expected {want}")
     return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(*shape)

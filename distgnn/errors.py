@@ -18,3 +18,13 @@ class RayCallError(RuntimeError):
     treats any exception in a worker as a failure to restart from (``FailureConfig``). The CLI
     prints it as one line with exit code 1.
     """
+
+
+class StaleGenerationError(RayCallError):
+    """A parameter-server shard restarted since the caller learned its generation.
+
+    The restarted shard reloaded its rows from the last committed checkpoint (or, before the first
+    one, drew its initial rows), so an update or read meant for the old incarnation must not land
+    on it: the worker raises this, Ray Train restarts the worker group, and every worker rolls back
+    to the last checkpoint, exactly as after a worker failure (docs/architecture.md D30).
+    """

@@ -58,6 +58,17 @@ class MetricsRead:
     records: list[dict[str, Any]] = field(default_factory=list)
     torn_lines: int = 0
     files: list[Path] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # records of each of ``files``, in that order
+
+    def by_file(self) -> list[tuple[Path, list[dict[str, Any]]]]:
+        """``(file, its records)`` in read order: a reader that shows records as they come keeps
+        one count per file, since a rank's file only ever grows but the merged list is not
+        append-only (rank 0's new records come before rank 1's old ones)."""
+        out, start = [], 0
+        for path, n in zip(self.files, self.counts):
+            out.append((path, self.records[start:start + n]))
+            start += n
+        return out
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("type") == kind]
@@ -86,6 +97,7 @@ def read_metrics(run_dir: str | Path) -> MetricsRead:
         except FileNotFoundError:  # removed between listing and reading
             continue
         out.files.append(path)
+        before = len(out.records)
         lines = data.split(b"\n")
         if lines[-1]:  # no newline at the end: a record being written (or cut off by a crash)
             out.torn_lines += 1
@@ -101,4 +113,5 @@ def read_metrics(run_dir: str | Path) -> MetricsRead:
                 out.records.append(rec)
             else:
                 out.torn_lines += 1
+        out.counts.append(len(out.records) - before)
     return out

@@ -21,8 +21,10 @@ from distgnn.metrics import LEGACY_FILE, METRICS_DIR, read_metrics
 RUN_MARKER = "run.json"
 RUN_FORMAT = "distgnn-run"
 # Every entry a run writes: marker, resolved config, metrics, checkpoints, Ray Train's storage
-# and the Ray backend's markers (".ray-started", ".fault-injected-..."), our hidden temporaries.
-RUN_ENTRIES = {RUN_MARKER, "config.yaml", LEGACY_FILE, METRICS_DIR, "checkpoints", "ray", ".ray-started"}
+# and the Ray backend's markers (".ray-started", ".fault-injected-...") and fault evidence
+# (".faults", distgnn.ray_runtime.faults), our hidden temporaries.
+RUN_ENTRIES = {RUN_MARKER, "config.yaml", LEGACY_FILE, METRICS_DIR, "checkpoints", "ray", ".ray-started",
+               ".faults"}
 _RUN_HIDDEN = re.compile(r"^\.(fault-injected-.*|.+\.(tmp|old)-\d+(-\w+)?)$")
 
 _has_marker = atomic.json_marker(RUN_MARKER, format=RUN_FORMAT)

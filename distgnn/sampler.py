@@ -148,11 +148,11 @@ class EdgeMinibatchSampler:
         self.batch_size = batch_size
         self.negatives = negatives
         self.seed = seed
-        self.user_gid, self.item_gid = graph.train_interactions()
+        self.interactions = graph.interactions()
 
     @property
     def num_interactions(self) -> int:
-        return len(self.user_gid)
+        return len(self.interactions)
 
     def steps_per_epoch(self) -> int:
         return (self.num_interactions + self.batch_size - 1) // self.batch_size
@@ -169,8 +169,7 @@ class EdgeMinibatchSampler:
     def sample(self, idx: torch.Tensor, gen: torch.Generator,
                hop_gen: torch.Generator | None = None) -> MiniBatch:
         """``gen`` draws the negatives; ``hop_gen`` is passed to every ``sample_block`` (see there)."""
-        users = self.user_gid[idx]
-        pos = self.item_gid[idx]
+        users, pos = self.interactions.take(idx)
         neg = self.negatives.sample(1 if self.shared_negatives else len(idx), gen)
         return self.sample_for(users, pos, neg, hop_gen)
 

@@ -210,6 +210,11 @@ class Runtime:
     def barrier(self, what: str) -> None:
         """Every worker has reached this point (and its pushes are applied)."""
 
+    def check_health(self, trainer: "Trainer", where: str) -> None:
+        """Every remote part of the job is alive and still the incarnation this worker started
+        with; raises otherwise (the Ray runtime's parameter-server fencing, D30). Called by every
+        worker at the end of an epoch and by the chief just before it writes a checkpoint."""
+
     def agree(self, value: Any) -> Any:
         """The chief's ``value``, on every worker."""
         return value
@@ -447,6 +452,10 @@ class Trainer:
                     interval = {"loss": 0.0, "steps": 0, "edges": 0, "t": time.perf_counter()}
                 if max_steps is not None and self.global_step >= max_steps:
                     break
+                every = cfg.train.checkpoint_every_steps
+                if every and self.global_step % every == 0 and self.step_in_epoch < spe:
+                    self._mid_epoch_checkpoint(rt)
+                    last_ckpt_step = self.global_step
             bar.close()
             batches.close()  # stops the prefetch thread (max_steps may end the epoch early)
             if self.step_in_epoch < spe:
@@ -454,6 +463,7 @@ class Trainer:
             self.epoch += 1
             self.step_in_epoch = 0
             self.p.emb.flush()
+            rt.check_health(self, "at the end of the epoch")  # before anyone checkpoints these rows
             rt.barrier(f"end of epoch {self.epoch}")  # every worker's pushes are in the store
             improved = False
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
@@ -467,12 +477,23 @@ class Trainer:
             last_ckpt_step = self.global_step
         if last_ckpt_step != self.global_step:
             self.p.emb.flush()
+            rt.check_health(self, "at the end of training")
             rt.barrier("final checkpoint")
             self._commit(rt, {"epoch": self.epoch, "step": self.global_step}, False)
         summary = {"run_dir": str(self.run_dir), "epoch": self.epoch, "global_step": self.global_step,
                    "train_seconds": round(self.train_seconds, 2), "best_recall": self.best_value,
                    "stopped_early": self.stopped_early}
         return summary
+
+    def _mid_epoch_checkpoint(self, rt: Runtime) -> None:
+        """A checkpoint inside an epoch (``train.checkpoint_every_steps``): every worker reaches the
+        same global step (equal steps per epoch), flushes its pushes and meets the others, then
+        the chief writes it; its meta holds ``step_in_epoch``, so ``--resume`` (and a Ray
+        restart) continues with the next minibatch. No validation here: that stays per epoch."""
+        self.p.emb.flush()
+        rt.check_health(self, f"before the checkpoint at step {self.global_step}")
+        rt.barrier(f"checkpoint at step {self.global_step}")
+        self._commit(rt, {"epoch": self.epoch, "step": self.global_step}, False)
 
     def _track(self, metrics: dict, wall0: float) -> bool:
         """(Chief only) log the validation metrics, update the best value and the early-stopping
@@ -501,6 +522,7 @@ class Trainer:
         """The chief writes a checkpoint (commit marker last); every worker reports."""
         path = None
         if rt.is_chief:
+            rt.check_health(self, "before checkpoint")  # an idle crash must not be saved
             path = self.save()
             if improved:
                 ckpt.mark_best(self.run_dir, path, f"recall@{self.cfg.eval.k}", self.best_value,

@@ -129,7 +129,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
         est = check_memory(cfg, manifest, num_workers, node_memory)
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir, gpus_per_worker)
+        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir, gpus_per_worker,
+                                                             run_dir)
         # every check has passed (a refusal is one line, naming the estimate itself)
         print(f"distgnn train: {est.summary()}", file=sys.stderr, flush=True)
         if overwrite:  # every check has passed: only now is the old run removed
@@ -141,7 +142,10 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                 max_pending_pushes=cfg.embedding.async_pushes, lr=cfg.embedding.lr)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, min(cfg.train.threads, total_cpus // num_workers))
+        import uuid
+
         loop_config = {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir.resolve()),
+                       "job_id": uuid.uuid4().hex,  # tells a restart within this job from a new job
                        "graph_shards": graph_shards, "shard_nodes": shard_nodes, "emb": emb,
                        "timeout_s": timeout_s, "fault": fault,
                        "resume_from": str(resume_from.resolve()) if resume_from else None,
@@ -307,7 +311,9 @@ def _shm_dir() -> str | None:
 
     from distgnn import atomic
 
-    if not os.path.isdir("/dev/shm"):
+    if not os.path.isdir("/dev/shm"):  # a slower path, said out loud (the trainers warn too)
+        print("warning: this node has no /dev/shm: the parameter-server shards keep their rows "
+              "private and every pull and push is a call", file=sys.stderr)
         return None
     for d in atomic.sweep_shm("/dev/shm"):  # leftovers of killed jobs on this node
         print(f"removed stale shared memory {d} (its parameter-server shards are gone)", file=sys.stderr)
@@ -315,34 +321,54 @@ def _shm_dir() -> str | None:
 
 
 def _start_shards(cfg, book, timeout_s: float, shm_dir: str | None = None,
-                  gpus_per_worker: float = 0.0) -> tuple[list, list, list]:
+                  gpus_per_worker: float = 0.0, run_dir: Path | None = None) -> tuple[list, list, list]:
     """One GraphShard per partition, dealt round-robin over the nodes that can run a training
     worker (``shard_nodes``), and each partition's parameter-server shard on the same node as its
     GraphShard, so a partition's structure and rows live together; the worker on that node then
     trains it (``worker.node_groups``). Returns the shards and each partition's node.
 
-    Placement is by hard node affinity: Ray's ``SPREAD`` put every 0-CPU shard on one node of a
-    multi-node cluster, and a *soft* affinity placed PS shards on other nodes than asked (both seen
-    with ``ray.cluster_utils.Cluster``, Ray 2.60; docs/architecture.md D27). Both are 0-CPU actors:
-    they fit beside the training workers. With ``shm_dir`` each shard keeps its rows in shared
-    memory there, for the trainer on its node to map."""
+    Placement is by node affinity, then checked: Ray's ``SPREAD`` put every 0-CPU shard on one node
+    of a multi-node cluster (D27). The affinity is *soft* so that a shard restarted after its node
+    was lost goes to a surviving node (D30); a shard that did not land where asked is one warning
+    line. Both are 0-CPU actors: they fit beside the training workers. With ``shm_dir`` each shard
+    keeps its rows in shared memory there, for the trainer on its node to map; with ``run_dir`` a
+    restarted PS shard reloads the run's last committed checkpoint."""
     from distgnn.ray_runtime import cluster
     from distgnn.ray_runtime.graph_shard import create_graph_shards
     from distgnn.ray_runtime.ps import create_ps_shards
 
     nodes = shard_nodes(book.num_parts, gpus_per_worker)
-    graph_strategies = ([cluster.node_strategy(n) for n in nodes] if nodes
+    graph_strategies = ([cluster.node_strategy(n, soft=True) for n in nodes] if nodes
                         else ["SPREAD"] * book.num_parts)
     graph_shards = create_graph_shards(cfg.data.partitions, book.num_parts, graph_strategies,
                                        timeout_s=timeout_s)
     infos = cluster.get_with_deadline([g.info.remote() for g in graph_shards], timeout_s, "GraphShard info")
-    strategies = [cluster.node_strategy(i["node_id"]) for i in infos]
+    strategies = [cluster.node_strategy(i["node_id"], soft=True) for i in infos]
+    fault = cfg.train.fault
     ps_shards = create_ps_shards(book, cfg.model.dim, cfg.embedding.optimizer, cfg.embedding.lr,
                                  cfg.embedding.init_std, tuple(cfg.embedding.betas), cfg.embedding.eps,
                                  seed=cfg.train.seed, scheduling_strategies=strategies, timeout_s=timeout_s,
-                                 crash=(cfg.train.fault.ps_shard, cfg.train.fault.ps_after_pushes)
-                                 if cfg.train.fault.ps_shard is not None else None, shm_dir=shm_dir)
+                                 crash=(fault.ps_shard, fault.ps_after_pushes)
+                                 if fault.ps_shard is not None and fault.ps_idle_epoch is None else None,
+                                 shm_dir=shm_dir, run_dir=run_dir, partitions_root=cfg.data.partitions)
+    ps_infos = cluster.get_with_deadline([s.health.remote() for s in ps_shards], timeout_s, "PSShard health")
+    for line in placement_warnings(nodes, [i["node_id"] for i in infos], [i["node_id"] for i in ps_infos]):
+        print(f"distgnn train: warning: {line}", file=sys.stderr, flush=True)
     return graph_shards, ps_shards, [i["node_id"] for i in infos]
+
+
+def placement_warnings(asked: list[str], graph_nodes: list[str], ps_nodes: list[str]) -> list[str]:
+    """One line per partition whose shards did not land where they were asked to (soft affinity
+    lets Ray place them elsewhere): training still works, but that partition's rows and structure
+    are then read across nodes, which the user should know about."""
+    out = []
+    for p, (g, s) in enumerate(zip(graph_nodes, ps_nodes)):
+        if asked and g != asked[p]:
+            out.append(f"partition {p}'s GraphShard runs on node {g[:8]}, not {asked[p][:8]} as asked")
+        if s != g:
+            out.append(f"partition {p}'s parameter-server shard runs on node {s[:8]}, not beside its "
+                       f"GraphShard on {g[:8]}: its rows are not in that node's shared memory")
+    return out
 
 
 def shard_nodes(num_parts: int, gpus_per_worker: float = 0.0) -> list[str]:
@@ -382,33 +408,27 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
         except BaseException as exc:  # re-raised in the driver thread
             box["error"] = exc
 
+    # records already in each file (a resumed run's old ones are not shown again), counted before
+    # the job can add any; per file, since only each rank's file is append-only, not the merged list
+    shown = {path: len(recs) for path, recs in read_metrics(run_dir).by_file()}
     thread = threading.Thread(target=target, daemon=True, name="ray-train-fit")
     thread.start()
-    def shown_records(records: list[dict]) -> list[dict]:  # the chief's, in order
-        return [r for r in records if r.get("type") in ("checkpoint", "valid", "warning")]
-
     bar = tqdm(total=epochs, desc="ray training", unit="epoch", file=sys.stderr, disable=None)
-    first = read_metrics(run_dir)  # a resumed run's old records are not shown again
-    last_progress, seen, shown = time.monotonic(), len(first.records), len(shown_records(first.records))
+    last_progress = time.monotonic()
     try:
-        while thread.is_alive():
+        while True:
             thread.join(timeout=1.0)
-            records = read_metrics(run_dir).records
-            if len(records) > seen:
+            done = not thread.is_alive()  # then one last read: the final records are shown too
+            grew = False
+            for path, recs in read_metrics(run_dir).by_file():
+                for rec in recs[shown.get(path, 0):]:
+                    _show(rec, bar)
+                grew |= len(recs) > shown.get(path, 0)
+                shown[path] = max(shown.get(path, 0), len(recs))
+            if done:
+                break
+            if grew:
                 last_progress = time.monotonic()
-                new = shown_records(records)
-                for rec in new[shown:]:
-                    if rec.get("type") == "checkpoint":
-                        bar.n = rec["epoch"]
-                        bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
-                        bar.refresh()
-                    elif rec.get("type") == "valid":
-                        values = ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
-                                          if k.startswith(("recall@", "ndcg@")))
-                        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {values}", file=sys.stderr)
-                    else:
-                        tqdm.write(f"warning: {rec.get('message')}", file=sys.stderr)
-                seen, shown = len(records), len(new)
             elif time.monotonic() - last_progress > stall_timeout_s:
                 raise RayCallError(f"Ray training made no progress for {stall_timeout_s:.0f}s (no new "
                                    f"record in {run_dir}/metrics); {stall_report(run_dir)} (raise "
@@ -418,6 +438,27 @@ def _fit_with_watchdog(trainer, run_dir: Path, epochs: int, stall_timeout_s: flo
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _show(rec: dict, bar) -> None:
+    """One record on the driver's console: the chief's checkpoints move the bar; validation
+    results, warnings (any rank's) and recovered faults are one line each."""
+    from tqdm import tqdm
+
+    from distgnn.ray_runtime.faults import fault_line
+
+    kind = rec.get("type")
+    if kind == "checkpoint":
+        bar.n = rec["epoch"]
+        bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
+        bar.refresh()
+    elif kind == "valid":
+        values = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k.startswith(("recall@", "ndcg@")))
+        tqdm.write(f"epoch {rec['epoch']}: {rec['split']} {values}", file=sys.stderr)
+    elif kind == "warning":
+        tqdm.write(f"warning: {rec.get('message')}", file=sys.stderr)
+    elif kind == "fault":
+        tqdm.write(fault_line(rec), file=sys.stderr)
 
 
 def _memory_line(text: str) -> str:

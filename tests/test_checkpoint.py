@@ -67,3 +67,25 @@ def test_uncommitted_checkpoint_is_ignored(tmp_path, parts_dir):
     (fake / "meta.json").write_text("{}")
     assert ckpt.latest(tmp_path / "r") == good
     assert (good / ckpt.MARKER).is_file()
+
+
+def test_mid_epoch_checkpoints_resume_exactly(tmp_path, parts_dir):
+    """``train.checkpoint_every_steps`` writes checkpoints inside an epoch; resuming from one (as
+    after a crash there) continues with the next minibatch and ends where the uninterrupted run
+    ends."""
+    import shutil
+
+    cfg_path = small_config(tmp_path, parts_dir, model={"dropout": 0.1},
+                            train={"checkpoint_every_steps": 2, "keep_checkpoints": 50})
+    Trainer(load_config(cfg_path), tmp_path / "a").train()
+    metas = [ckpt.read_meta(p) for p in ckpt.committed(tmp_path / "a")]
+    mid = [m for m in metas if m["step_in_epoch"] > 0]
+    assert mid and all(m["global_step"] % 2 == 0 for m in mid)
+    first = ckpt.committed(tmp_path / "a")[0]
+    assert ckpt.read_meta(first)["step_in_epoch"] == 2
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    for p in ckpt.committed(tmp_path / "c")[1:]:  # as if the run had crashed after its first one
+        shutil.rmtree(p)
+    assert ckpt.latest(tmp_path / "c").name == first.name
+    Trainer(load_config(cfg_path), tmp_path / "c").train(resume=True)
+    _assert_same(_final_state(tmp_path / "a"), _final_state(tmp_path / "c"))

@@ -100,3 +100,21 @@ def test_rows_moved_to_shared_files_are_updated_in_place_by_an_attached_store(tm
     for name in ("weight", "exp_avg", "exp_avg_sq", "step"):
         assert torch.equal(getattr(owner, name), getattr(reference, name)), name
     assert torch.equal(view.pull(gids), reference.pull(gids))
+
+
+def test_attaching_to_missing_or_cut_shared_files_fails_instead_of_mapping_zeros(tmp_path):
+    """torch.from_file would create a missing file (or grow a short one) as zeros: a trainer
+    attaching to a gone shard's rows would then train on zeros silently. Attaching checks first,
+    so the caller falls back to calls and says so (RayEmbeddingStore.attach_local)."""
+    import os
+
+    owner = LocalEmbeddingStore(50, 8, optimizer="adam", lr=0.1, seed=4)
+    spec = owner.move_to_files(str(tmp_path / "ps0"))
+    weight_path = spec["weight"][0]
+    os.truncate(weight_path, 100)
+    with pytest.raises(ValueError, match=r"ps0.weight has 100 bytes, expected 1600"):
+        LocalEmbeddingStore.attach(spec, "adam", 0.1)
+    os.remove(weight_path)
+    with pytest.raises(FileNotFoundError):
+        LocalEmbeddingStore.attach(spec, "adam", 0.1)
+    assert not os.path.exists(weight_path), "attaching created the missing file"

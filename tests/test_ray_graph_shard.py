@@ -155,6 +155,24 @@ def test_ray_graph_store_matches_local_store(shards, root, local, book):
     assert torch.equal(rg.degrees(gids), local.degrees(gids))
 
 
+@pytest.mark.parametrize("local_parts", [[0], [1, 0], [0, 1]])
+def test_interactions_by_position_equal_the_arrays(shards, root, local_parts):
+    """The worker's on-demand interactions (``CSCInteractions``, read from the mapped CSC) give
+    the same pairs in the same order as ``train_interactions()``'s arrays, for any positions;
+    a position outside them is an error, not a wrong pair."""
+    rg = RayGraphStore(root, shards, local_parts=local_parts, timeout_s=60)
+    users, items = rg.train_interactions()
+    inter = rg.interactions()
+    assert len(inter) == len(users) > 100
+    u, i = inter.take(torch.arange(len(users)))
+    assert torch.equal(u, users) and torch.equal(i, items)
+    pos = torch.randperm(len(users), generator=torch.Generator().manual_seed(3))[:97]
+    u, i = inter.take(pos)
+    assert torch.equal(u, users[pos]) and torch.equal(i, items[pos])
+    with pytest.raises(IndexError):
+        inter.take(torch.tensor([len(users)]))
+
+
 def test_missing_partition_directory_is_one_clear_error(ray_cluster, tmp_path):
     with pytest.raises(UserError, match=r"graph shard 0 on node \S+: partition directory .* does not exist"):
         create_graph_shards(tmp_path / "nope", 1, timeout_s=60)
@@ -181,6 +199,39 @@ def test_dead_graph_shard_is_a_clear_error(ray_cluster, root, book):
     with pytest.raises(cluster.RayCallError, match=r"GraphShard 1\b.*died"):
         sampler.sample_neighbors(_seeds(book), 2)
     ray.kill(shards[0])
+
+
+def test_a_crashed_graph_shard_restarts_and_serves_the_same_edges(ray_cluster, root, book):
+    """GraphShards hold nothing that changes: Ray restarts a crashed one (it reloads its partition
+    files, under a new generation) and the sampler's calls go on; a trainer that maps the
+    restarted shard's partition gets the new incarnation's CSC object."""
+    import time
+
+    shards = create_graph_shards(root, 2, timeout_s=60)
+    try:
+        remote = DistributedNeighborSampler(shards, book, local_parts=[], timeout_s=60)
+        seeds = _seeds(book)
+        before = _edge_set(*remote.sample_neighbors(seeds, -1))
+        old = ray.get(shards[1].info.remote(), timeout=30)
+        ray.kill(shards[1], no_restart=False)  # a crash: Ray may restart it
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = ray.get(shards[1].info.remote(), timeout=10)
+                if info["generation"] == 1:
+                    break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the GraphShard was not restarted"
+            time.sleep(0.2)
+        assert info["pid"] != old["pid"] and info["num_edges"] == old["num_edges"]
+        assert _edge_set(*remote.sample_neighbors(seeds, -1)) == before
+        mapped = DistributedNeighborSampler(shards, book, local_parts=[1], timeout_s=60)
+        assert _edge_set(*mapped.sample_neighbors(seeds, -1)) == before
+        assert mapped.counters()["local_edges"] > 0
+    finally:
+        for a in shards:
+            ray.kill(a)
 
 
 def test_shards_of_a_partition_share_a_placement_group_bundle(ray_cluster, root, book):

@@ -17,6 +17,7 @@ import pytest
 import ray
 import torch
 
+from distgnn import checkpoint as ckpt
 from distgnn import format as fmt
 from distgnn.embedding_store import LocalEmbeddingStore
 from distgnn.errors import UserError
@@ -258,12 +259,13 @@ def test_v1_checkpoint_loads_into_ps_shards(ray_cluster, tmp_path, num_parts):
         _kill(shards)
 
 
-def _wait_restarted(shard, timeout_s: float = 60) -> dict:
+def _wait_restarted(shard, generation: int = 1, timeout_s: float = 60) -> dict:
+    """The shard's ``info`` (unfenced) once Ray has restarted it into ``generation``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             info = ray.get(shard.info.remote(), timeout=10)
-            if info["restarted"]:
+            if info["generation"] >= generation:
                 return info
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
@@ -271,28 +273,145 @@ def _wait_restarted(shard, timeout_s: float = 60) -> dict:
         time.sleep(0.5)
 
 
-def test_dead_shard_is_a_clear_error_then_restarts_from_initial_rows(ray_cluster, parts):
-    """A crash fails the calls in flight with one clear error (never a hang, never a retried
-    push applied twice); Ray restarts the shard once, from its initial rows, and an injected
-    fault does not fire again in the restarted actor."""
-    book = _book(parts[(2, "metis")])
-    shards = create_ps_shards(book, DIM, optimizer="adagrad", timeout_s=60, crash=(1, 1))
+def _part_rows(state: dict, book, part: int) -> dict[str, np.ndarray]:
+    a, b = int(book.gid_start[part]), int(book.gid_end[part])
+    return {k: np.asarray(v[a:b]) for k, v in state.items()}
+
+
+def _assert_rows_equal(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+
+def test_crash_mid_push_is_fenced(ray_cluster, parts, tmp_path):
+    """A shard dies in the middle of a push. The push in flight fails with one clear error (never a
+    hang, never retried: it would apply twice). Ray restarts the shard as generation 1, which
+    reloads its rows and optimizer state from the last committed checkpoint (not its initial
+    values), names its shared files by its generation and removes generation 0's. Calls naming
+    generation 0 are refused (StaleGenerationError), including a checkpoint save, so nothing
+    written by or for the old incarnation can reach a checkpoint; a co-located client still
+    writing generation 0's mapped rows is caught by the health check, which drops those views.
+    Clients that sync carry on, and the injected fault does not fire again."""
+    root = parts[(2, "metis")]
+    book = _book(root)
+    run, shm = tmp_path / "run", tmp_path / "shm"
+    shards = create_ps_shards(book, DIM, optimizer="adam", lr=0.05, timeout_s=60, crash=(1, 3),
+                              shm_dir=str(shm), run_dir=run, partitions_root=root)
     try:
-        store = RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=20)
+        caller = RayEmbeddingStore(shards, book, DIM, "adam", timeout_s=20)  # every row by call
+        mapped = RayEmbeddingStore(shards, book, DIM, "adam", local_parts=[1], timeout_s=20)
+        assert mapped.attach_local() and caller.generations == [0, 0]
+        assert sorted(p.name for p in shm.glob("ps1-g0-*")), "generation 0's shared files"
         lo, hi = int(book.gid_start[1]), int(book.gid_end[1])
-        before = store.pull(torch.arange(book.num_nodes))
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(2):  # pushes 1 and 2 of shard 1: then a checkpoint
+            caller.push(torch.arange(book.num_nodes), torch.randn(book.num_nodes, DIM, generator=gen))
+        committed = save_checkpoint(caller, run, root)
+        at_commit = _part_rows(_state(caller), book, 1)
+        mapped.push(torch.arange(lo, hi), torch.ones(hi - lo, DIM))  # in shared memory, no call
         t = time.monotonic()
         with pytest.raises(cluster.RayCallError, match=r"PSShard 1\b.*died"):
-            store.push(torch.arange(book.num_nodes), torch.ones(book.num_nodes, DIM))
+            caller.push(torch.arange(book.num_nodes), torch.ones(book.num_nodes, DIM))  # push 3: crash
         assert time.monotonic() - t < 20
-        _wait_restarted(shards[1])
-        after = store.pull(torch.arange(book.num_nodes))
-        assert torch.equal(after[lo:hi], before[lo:hi]), "a restarted shard starts from its initial rows"
-        assert not torch.equal(after[:lo], before[:lo]), "the surviving shard kept the push"
-        store.push(torch.arange(lo, hi), torch.ones(hi - lo, DIM))  # no second crash
-        store.reset()
-        assert torch.equal(store.pull(torch.arange(book.num_nodes)), before)
+        info = _wait_restarted(shards[1])
+        assert info["generation"] == 1 and info["loaded_from"] == committed.name
+        # the restarted shard holds the checkpoint's rows and optimizer state, not its initial ones
+        _assert_rows_equal(ray.get(shards[1].state_dict.remote()), at_commit)
+        assert not list(shm.glob("ps1-g0-*")) and list(shm.glob("ps1-g1-*")), sorted(shm.iterdir())
+        # calls naming generation 0 are refused, whatever they are
+        with pytest.raises(cluster.StaleGenerationError,
+                           match=r"PSShard 1 is generation 1 \(rows reloaded from step-0+1\) but the "
+                                 r"pull expected generation 0"):
+            caller.pull(torch.arange(book.num_nodes))
+        with pytest.raises(cluster.StaleGenerationError, match=r"checkpoint save.*PSShard 1 is generation 1"):
+            save_checkpoint(caller, run, root, step=2)
+        assert ckpt.latest(run) == committed, "a checkpoint was committed across the restart"
+        # the co-located client's pushes went to generation 0's orphaned files: the health check
+        # finds the restart and drops the mapped views
+        assert 1 in mapped._views
+        with pytest.raises(cluster.StaleGenerationError, match=r"health check before checkpoint: "
+                                                               r"PSShard 1 is generation 1"):
+            mapped.check_generations("before checkpoint")
+        assert mapped._views == {}
+        # a client that syncs (a restarted worker) talks to generation 1; no second crash
+        caller.sync_generations()
+        assert caller.generations == [0, 1]
+        caller.push(torch.arange(lo, hi), torch.ones(hi - lo, DIM))
+        caller.push(torch.arange(lo, hi), torch.ones(hi - lo, DIM))
+        assert ray.get(shards[1].info.remote())["generation"] == 1
     finally:
+        ray.get([s.close.remote() for s in shards])
+        _kill(shards)
+    assert not list(shm.iterdir()), "shared files left behind"
+
+
+def test_crash_while_idle_is_found_before_a_checkpoint(ray_cluster, parts, tmp_path):
+    """A shard that dies while no call is in flight is not noticed by any call; Ray restarts it.
+    Before the first checkpoint it comes back with its initial rows (nothing to reload); after one,
+    with that checkpoint's rows. Either way the health check run before writing a checkpoint finds
+    the new generation within its deadline, and the fenced save cannot commit its rows."""
+    root = parts[(2, "metis")]
+    book = _book(root)
+    run = tmp_path / "run"
+    shards = create_ps_shards(book, DIM, optimizer="adagrad", lr=0.1, seed=2, timeout_s=60,
+                              run_dir=run, partitions_root=root)
+    try:
+        store = RayEmbeddingStore(shards, book, DIM, "adagrad", timeout_s=20)
+        initial = _part_rows(_state(store), book, 0)
+        ray.kill(shards[0], no_restart=False)  # idle, before any checkpoint
+        info = _wait_restarted(shards[0])
+        assert info["loaded_from"] is None
+        _assert_rows_equal(ray.get(shards[0].state_dict.remote()), initial)
+        with pytest.raises(cluster.StaleGenerationError, match=r"health check before checkpoint: "
+                                                               r"PSShard 0 is generation 1 \(rows from its "
+                                                               r"initial values\), expected 0"):
+            store.check_generations("before checkpoint")
+        store.sync_generations()
+
+        gen = torch.Generator().manual_seed(1)
+        store.push(torch.arange(book.num_nodes), torch.randn(book.num_nodes, DIM, generator=gen))
+        committed = save_checkpoint(store, run, root)
+        at_commit = _part_rows(_state(store), book, 1)
+        store.push(torch.arange(book.num_nodes), torch.randn(book.num_nodes, DIM, generator=gen))
+        assert store.check_generations("before checkpoint")[1]["generation"] == 0  # healthy
+        ray.kill(shards[1], no_restart=False)  # idle again, after a checkpoint
+        info = _wait_restarted(shards[1])
+        assert info["loaded_from"] == committed.name
+        _assert_rows_equal(ray.get(shards[1].state_dict.remote()), at_commit)
+        t = time.monotonic()
+        with pytest.raises(cluster.StaleGenerationError, match=r"PSShard 1 is generation 1 \(rows from "
+                                                               r"step-0+1\), expected 0"):
+            store.check_generations("before checkpoint")
+        assert time.monotonic() - t < 20
+        with pytest.raises(cluster.StaleGenerationError):  # and the save itself is fenced too
+            save_checkpoint(store, run, root, step=2)
+        assert ckpt.latest(run) == committed
+    finally:
+        _kill(shards)
+
+
+def test_failed_attach_falls_back_to_calls_and_says_why(ray_cluster, parts, tmp_path):
+    """A shard's shared files that cannot be mapped (here: one removed behind its back) are never
+    mapped as fresh zeros: the client uses calls for that partition and records the reason, which
+    the trainer's warning record carries to the driver."""
+    book = _book(parts[(2, "metis")])
+    shm = tmp_path / "shm"
+    shards = create_ps_shards(book, DIM, optimizer="adagrad", timeout_s=60, shm_dir=str(shm))
+    try:
+        (weight,) = shm.glob("ps0-g0-*.weight")
+        weight.unlink()
+        store = RayEmbeddingStore(shards, book, DIM, "adagrad", local_parts=[0, 1], timeout_s=20)
+        assert not store.attach_local()
+        assert sorted(store._views) == [1]
+        assert store.shm_fallbacks[0].startswith("mapping PSShard 0's rows failed (FileNotFoundError"), \
+            store.shm_fallbacks
+        assert not weight.exists(), "attaching re-created the removed file"
+        lo, hi = int(book.gid_start[0]), int(book.gid_end[0])
+        rows = store.pull(torch.arange(lo, hi))  # by call: the shard's own (intact) rows
+        assert torch.equal(rows, torch.from_numpy(ray.get(shards[0].state_dict.remote())["weight"]))
+    finally:
+        ray.get([s.close.remote() for s in shards])
         _kill(shards)
 
 

@@ -15,6 +15,8 @@ import pytest
 from distgnn import checkpoint as ckpt
 from distgnn.cli import main
 from distgnn.metrics import read_metrics
+from distgnn.ray_runtime import faults
+from distgnn.ray_runtime.faults import fault_line
 from tests.train_cfg import small_config
 from tests.train_data import move_test_split_away, partitioned
 
@@ -71,14 +73,13 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     # own-partition rows went through the shard's shared memory, not calls; none left behind
     assert traffic["pull_rows_mapped"] == traffic["pull_rows_local"] > 0
     assert traffic["push_rows_mapped"] == traffic["push_rows_local"] > 0
-    # this run's PS shards (by pid, from the job's processes record) left no shared rows behind;
-    # other jobs on the machine may have theirs there meanwhile
-    import re
-
-    ps_pids = {q["pid"] for q in read_metrics(run).of_type("processes")[-1]["ps_shards"]}
-    left = [f for f in Path("/dev/shm").glob("distgnn-*/ps*")
-            if (m := re.match(r"ps\d+-(\d+)\.", f.name)) and int(m.group(1)) in ps_pids]
-    assert len(ps_pids) == 2 and not left, f"shared rows left behind: {left}"
+    # (other jobs on this machine may have their own /dev/shm/distgnn-* directories: look for
+    # files of this run's shards, named by their pids, recorded in the run's layout)
+    pids = {s["pid"] for s in faults.read_layout(run)["ps"]}
+    assert len(pids) == 2
+    ours = [f for f in Path("/dev/shm").glob("distgnn-*/ps*")
+            if int(f.name.split(".")[0].rsplit("-", 1)[1]) in pids]
+    assert not ours, "shared rows left behind"
     assert traffic["remote_requests"] > 0 and traffic["push_bytes_remote"] > 0
     assert set(train[-1]["stage_seconds"]) >= {"sample_local", "sample_remote", "pull", "forward",
                                                "backward", "push", "all_reduce"}
@@ -175,8 +176,19 @@ def test_worker_crash_restarts_from_last_checkpoint(uninterrupted, data, capsys)
     rerun = [b for a, b in zip(steps0, steps0[1:]) if b <= a]
     assert rerun, "no restart: steps were never re-run"
     assert all(steps < b <= 2 * steps for b in rerun), ("not resumed from the epoch-1 checkpoint", rerun)
+    # loud, not silent: one fault record, and one driver line for it
+    err = capsys.readouterr().err
+    (fault,) = read_metrics(run).of_type("fault")
+    assert "injected fault: rank 1 exited at epoch 1 step 2" in fault["what"], fault
+    assert fault["rolled_back_to"] == f"step-{steps:09d}" and fault["steps_redone"] == 2, fault
+    assert fault["detected_by"], fault
+    assert _fault_lines(err) == [fault_line(fault)], err
     ok, crashed = _evaluate(uninterrupted, capsys), _evaluate(run, capsys)
     assert abs(ok["recall@20"] - crashed["recall@20"]) < 0.05, (ok, crashed)
+
+
+def _fault_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("fault recovered:")]
 
 
 def test_parameter_server_crash_restarts_from_last_checkpoint(uninterrupted, data, capsys):
@@ -189,14 +201,78 @@ def test_parameter_server_crash_restarts_from_last_checkpoint(uninterrupted, dat
     run = data["tmp"] / "run-ps-crash"
     # worker 0 pushes to shard 1 every step (worker 1 updates it through shared memory): crash in
     # the middle of epoch 1 (0-based)
+    capsys.readouterr()
     assert _train(data, run, "--set", "train.fault.ps_shard=1",
                   "--set", f"train.fault.ps_after_pushes={steps + steps // 2}") == 0
+    err = capsys.readouterr().err
     recs = read_metrics(run).records
     steps0 = [r["step"] for r in recs if r["type"] == "train" and r["rank"] == 0]
     assert any(b <= a for a, b in zip(steps0, steps0[1:])), "no restart: steps were never re-run"
     assert ckpt.read_meta(ckpt.latest(run))["epoch"] == EPOCHS
+    # the restarted shard came back as generation 1 with the epoch-1 checkpoint's rows; the
+    # fault is recorded and printed
+    (fault,) = read_metrics(run).of_type("fault")
+    first = f"step-{steps:09d}"
+    assert f"injected fault: PSShard 1 exited after {steps + steps // 2} pushes" in fault["what"], fault
+    assert f"PSShard 1 restarted (generation 0 -> 1" in fault["what"] and f"rows from {first}" in fault["what"]
+    assert fault["rolled_back_to"] == first and 0 < fault["steps_redone"] < steps, fault
+    assert _fault_lines(err) == [fault_line(fault)], err
     ok, crashed = _evaluate(uninterrupted, capsys), _evaluate(run, capsys)
     assert abs(ok["recall@20"] - crashed["recall@20"]) < 0.05, (ok, crashed)
+
+
+def test_parameter_server_idle_crash_is_found_before_the_checkpoint(uninterrupted, data, capsys):
+    """A PS shard is killed while idle at the end of epoch 1 (after validation, before the
+    checkpoint): no call fails, Ray restarts it (it reloads the epoch-1 checkpoint as generation
+    1). The health check before the epoch-2 checkpoint finds it, so that checkpoint is never
+    written with the restarted shard's rows; the job rolls back to epoch 1's and finishes."""
+    from distgnn import format as fmt
+    from distgnn.ray_runtime.worker import steps_per_epoch
+
+    steps = steps_per_epoch(fmt.load_manifest(data["parts"]), 128)
+    run = data["tmp"] / "run-ps-idle"
+    capsys.readouterr()
+    assert _train(data, run, "--set", "train.fault.ps_shard=0", "--set", "train.fault.ps_idle_epoch=1") == 0
+    err = capsys.readouterr().err
+    assert list(run.glob(".fault-injected-ps0-idle-epoch1")), "the fault was not injected"
+    (fault,) = read_metrics(run).of_type("fault")
+    first = f"step-{steps:09d}"
+    assert "injected fault: PSShard 0 killed while idle at the end of epoch 1" in fault["what"], fault
+    assert f"PSShard 0 restarted (generation 0 -> 1" in fault["what"] and f"rows from {first}" in fault["what"]
+    assert fault["detected_by"].startswith("health check (rank 0: StaleGenerationError: health check "
+                                           "before checkpoint: PSShard 0 is generation 1"), fault
+    assert fault["rolled_back_to"] == first and fault["steps_redone"] == steps, fault
+    assert _fault_lines(err) == [fault_line(fault)], err
+    # epoch 2's checkpoint was written once, after the rollback; the run finished
+    checkpoints = [r["step"] for r in read_metrics(run).of_type("checkpoint")]
+    assert checkpoints == [steps, 2 * steps, 3 * steps], checkpoints
+    assert ckpt.read_meta(ckpt.latest(run))["epoch"] == EPOCHS
+    ok, crashed = _evaluate(uninterrupted, capsys), _evaluate(run, capsys)
+    assert abs(ok["recall@20"] - crashed["recall@20"]) < 0.05, (ok, crashed)
+
+
+def test_full_shared_memory_is_a_warning_in_the_metrics_and_on_the_driver(ray_cluster, data, tmp_path,
+                                                                          capsys, monkeypatch):
+    """A PS shard whose node has no room in /dev/shm keeps its rows private (a test hook makes
+    the shards see 0 bytes free); the trainers then pull and push their own rows by call, and
+    say so: a warning record per rank naming the shard's reason, printed by the driver."""
+    from distgnn.ray_runtime.ps import SHM_FREE_ENV
+
+    monkeypatch.setenv(SHM_FREE_ENV, "0")  # forwarded by the driver to the shards
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert _train(data, run, "--max-steps", "2", "--set", "train.eval_every=0") == 0
+    err = capsys.readouterr().err
+    warnings = read_metrics(run).of_type("warning")
+    assert len(warnings) == 2, warnings
+    for rank, w in enumerate(sorted(warnings, key=lambda w: w["message"])):
+        assert w["message"].startswith(f"rank {rank}: the parameter-server rows of partition(s) [{rank}] "
+                                       f"are not in shared memory"), w
+        assert f"PSShard {rank}: /dev/shm/distgnn-" in w["message"] and "has 0.0 MiB free" in w["message"], w
+        assert f"warning: {w['message']}" in err.splitlines(), err
+    train = read_metrics(run).of_type("train")
+    assert train and all(r["traffic"]["pull_rows_mapped"] == 0 for r in train)
+    assert all(r["traffic"]["pull_rows_local"] > 0 for r in train)
 
 
 def test_resume_continues_a_stopped_run(ray_cluster, data):

@@ -76,6 +76,14 @@ def test_bad_config_value_via_set(trained, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_ordered_and_async_pushes_contradict(trained, tmp_path, capsys):
+    assert main(["train", "--config", str(trained["cfg"]), "--set", "embedding.ordered_pushes=true",
+                 "--set", "embedding.async_pushes=2", "--out", str(tmp_path / "r")]) == 2
+    line = _err_line(capsys)
+    assert "ordered_pushes waits for every push" in line and "set one of them" in line, line
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_partition_dir(trained, tmp_path, capsys):
     assert main(["train", "--config", str(trained["cfg"]), "--partitions", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "r")]) == 2

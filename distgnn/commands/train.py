@@ -10,8 +10,8 @@ from distgnn.errors import UserError
 
 DEFAULT_MAX_FAILURES = 2
 # Config fields only the Ray backend reads: the local backend warns when they are set.
-RAY_ONLY_FIELDS = ("embedding.shared_memory", "embedding.async_pushes", "train.local_negatives",
-                   "train.fault")
+RAY_ONLY_FIELDS = ("embedding.shared_memory", "embedding.async_pushes", "embedding.ordered_pushes",
+                   "train.local_negatives", "train.fault")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +109,8 @@ def _run_ray(args: argparse.Namespace, cfg, out: Path, replace: bool) -> int:
     """Train on Ray, then evaluate the final checkpoint on the driver like the local backend."""
     from launch import job
 
-    fault = cfg.train.fault.model_dump() if cfg.train.fault.worker is not None else None
+    f = cfg.train.fault
+    fault = f.model_dump() if f.worker is not None or f.ps_idle_epoch is not None else None
     max_failures = DEFAULT_MAX_FAILURES if args.max_failures is None else args.max_failures
     node_memory = parse_size("--node-memory", args.node_memory) if args.node_memory else None
     result = job.run(cfg, out, args.num_workers, args.gpus_per_worker, args.address,

@@ -9,7 +9,10 @@ array is ever sized by the global node count and sampled source ids come out as 
 ``GraphShard`` (Ray actor, one per partition) loads its Parquet shard, puts the two CSC arrays in
 the object store once (``ray.put``), maps them back zero-copy for its own sampling, and hands the
 ``ObjectRef`` to any co-located trainer (``csc_ref``): the trainer maps the same shared-memory
-pages and samples its own partition with no Ray call.
+pages and samples its own partition with no Ray call. A GraphShard holds nothing that changes, so
+Ray restarts a crashed one (or one on a lost node, on another node) and it reloads its partition
+files; calls in flight are retried (sampling is read-only and seeded, so a retry returns the same
+edges). A trainer whose mapped CSC object was lost with its owner fetches the new one.
 
 ``DistributedNeighborSampler`` is the trainer-side client: for one hop it splits the seeds by
 owner, sends one request per remote partition first, samples the local part from the mapped
@@ -30,8 +33,9 @@ import torch
 
 from distgnn import format as fmt
 from distgnn.errors import UserError
-from distgnn.graph_store import GraphStore
-from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, get_with_deadline
+from distgnn.graph_store import GraphStore, Interactions
+from distgnn.errors import RayCallError
+from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, actor_restarts, get_with_deadline, placement_options
 
 ETYPE = ("src", "e", "dst")
 
@@ -179,6 +183,43 @@ class PartitionCSC:
         return s.numpy(), d.numpy() + self.gid_start
 
 
+class CSCInteractions(Interactions):
+    """A worker's local partitions' training interactions, read from their CSC on demand.
+
+    Position ``i`` is the i-th pair of ``RayGraphStore.train_interactions()`` (partition by
+    partition, then by user gid, then in the row's order), so runs are the same as with the
+    arrays, but nothing per interaction is held privately: the CSC is mapped from the object
+    store, shared with the graph shard (D31). A minibatch costs two binary searches per pair."""
+
+    def __init__(self, cscs: Sequence[PartitionCSC]):
+        self.cscs = list(cscs)
+        # each partition's user rows come first (gid_start .. item_gid_start): their in-edges
+        ends = [int(c.indptr[c.item_gid_start - c.gid_start]) for c in self.cscs]
+        self.offsets = np.concatenate([[0], np.cumsum(ends, dtype=np.int64)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = np.asarray(pos, dtype=np.int64)
+        if len(pos) and (pos.min() < 0 or pos.max() >= len(self)):
+            raise IndexError(f"interaction positions must lie in [0, {len(self)})")
+        part = np.searchsorted(self.offsets, pos, side="right") - 1
+        users = np.empty(len(pos), dtype=np.int64)
+        items = np.empty(len(pos), dtype=np.int64)
+        for k, c in enumerate(self.cscs):
+            m = part == k
+            if not m.any():
+                continue
+            local = pos[m] - self.offsets[k]
+            user_rows = c.indptr[:c.item_gid_start - c.gid_start + 1]
+            # the row holding edge ``local``: the last row starting at or before it (empty rows
+            # share their start with the next row, so side="right" skips them)
+            users[m] = np.searchsorted(user_rows, local, side="right") - 1 + c.gid_start
+            items[m] = c.indices[local]
+        return torch.from_numpy(users), torch.from_numpy(items)
+
+
 class _GraphShard:
     """One partition's graph, loaded from its Parquet shard (see module doc)."""
 
@@ -186,6 +227,7 @@ class _GraphShard:
         torch.set_num_threads(max(1, int(num_threads)))
         self.root = Path(root)
         self.part_id = int(part_id)
+        self.generation = actor_restarts()  # 0, then 1, 2, ... after each restart by Ray
         self.error: str | None = None
         self.stats = {"sample_calls": 0, "sample_seeds": 0, "sample_edges": 0, "busy_s": 0.0}
         try:
@@ -248,12 +290,16 @@ class _GraphShard:
     def info(self) -> dict[str, Any]:
         import os
 
-        return {"part_id": self.part_id, "num_edges": self.csc.num_edges,
+        return {"part_id": self.part_id, "num_edges": self.csc.num_edges, "generation": self.generation,
                 "gid_start": self.csc.gid_start, "gid_end": self.csc.gid_end,
                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-GraphShard = ray.remote(num_cpus=0, max_restarts=0)(_GraphShard)
+# Read-only and seeded: restarting one (it reloads its partition files) and retrying the calls in
+# flight is safe, so a crash or a lost node costs a reload, not the job.
+GRAPH_MAX_RESTARTS = 3
+GraphShard = ray.remote(num_cpus=0, max_restarts=GRAPH_MAX_RESTARTS,
+                        max_task_retries=GRAPH_MAX_RESTARTS)(_GraphShard)
 
 
 def create_graph_shards(root: str | Path, num_parts: int,
@@ -269,7 +315,7 @@ def create_graph_shards(root: str | Path, num_parts: int,
     for p in range(num_parts):
         opts: dict[str, Any] = {"num_cpus": num_cpus}
         if scheduling_strategies is not None and scheduling_strategies[p] is not None:
-            opts["scheduling_strategy"] = scheduling_strategies[p]
+            opts.update(placement_options(scheduling_strategies[p]))
         shards.append(GraphShard.options(**opts).remote(root, p))
     get_with_deadline([s.ready.remote() for s in shards], timeout_s,
                       f"loading {num_parts} graph shards from {root}",
@@ -291,15 +337,26 @@ class DistributedNeighborSampler:
         self.reset_counters()
         self._ensure_local()
 
-    def _ensure_local(self) -> None:
-        """Map the local partitions' CSC arrays from the object store (zero-copy on their node)."""
+    def _ensure_local(self, attempts: int = 3) -> None:
+        """Map the local partitions' CSC arrays from the object store (zero-copy on their node).
+        An object lost with its owner (the GraphShard restarted, maybe on another node) is fetched
+        again from the new incarnation, which put its own copy."""
+        from ray.exceptions import ObjectLostError
+
         for p in self.local_parts:
-            if p in self.local:
-                continue
-            ref = get_with_deadline(self.shards[p].csc_ref.remote(), self.timeout_s,
-                                    f"GraphShard {p} csc_ref")[0]
-            arrays = get_with_deadline(ref, self.timeout_s, f"mapping partition {p}'s graph")
-            self.local[p] = PartitionCSC.from_arrays(arrays)
+            for attempt in range(attempts):
+                if p in self.local:
+                    break
+                ref = get_with_deadline(self.shards[p].csc_ref.remote(), self.timeout_s,
+                                        f"GraphShard {p} csc_ref")[0]
+                try:
+                    arrays = get_with_deadline(ref, self.timeout_s, f"mapping partition {p}'s graph")
+                except RayCallError as exc:
+                    if isinstance(exc.__cause__, ObjectLostError) and attempt + 1 < attempts:
+                        time.sleep(1.0)  # the owner is restarting: ask it for its new object
+                        continue
+                    raise
+                self.local[p] = PartitionCSC.from_arrays(arrays)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -478,6 +535,11 @@ class RayGraphStore(GraphStore):
         pairs = [self.sampler.local[p].train_interactions() for p in self.local_parts]
         return (torch.from_numpy(np.concatenate([u for u, _ in pairs])),
                 torch.from_numpy(np.concatenate([i for _, i in pairs])))
+
+    def interactions(self) -> CSCInteractions:
+        """The local partitions' interactions by position, from their mapped CSC (no copy)."""
+        self.sampler._ensure_local()
+        return CSCInteractions([self.sampler.local[p] for p in self.local_parts])
 
     def degrees(self, gids: torch.Tensor) -> torch.Tensor:
         """From the owning partitions, per call (``DistributedNeighborSampler.degrees``): no

@@ -29,6 +29,15 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
 - **observability**: each ``train`` record carries the rank, the worker's peak RSS, the sampler's
   and PS client's traffic counters (remote degree requests among them), and the stage split of
   the issue (sample_local, sample_remote, pull, forward,
+- **fencing and health checks** (D30): each worker syncs the PS shards' generations when it starts
+  and every call names them; every worker checks them again at the end of every epoch (a restart
+  behind its mapped rows' back is found before they could be checkpointed) and the chief just
+  before writing a checkpoint. A stale generation fails the worker, so the job rolls back;
+- **faults are loud**: after a restart the chief writes a ``fault`` record (what failed, how it
+  was detected, the checkpoint rolled back to, the steps redone; ``distgnn.ray_runtime.faults``),
+  which the driver prints as one line;
+- **observability**: each ``train`` record carries the rank, the sampler's and PS client's traffic
+  counters, and the stage split of the issue (sample_local, sample_remote, pull, forward,
   backward, push, all_reduce; all_reduce is timed by a DDP communication hook and overlaps
   backward), and the worker process's ``pid``, ``node_id``, ``peak_rss_bytes`` (lifetime peak,
   ``distgnn.stages.process_memory``), ``cpu_seconds`` (CPU time of all its threads so far: on
@@ -45,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distgnn.ray_runtime import faults
 from distgnn.trainer import Runtime, Trainer
 
 STARTED_MARKER = ".ray-started"
@@ -121,15 +131,17 @@ class RayTrainRuntime(Runtime):
     show_progress = False  # the driver shows one bar for the job
 
     def __init__(self, rank: int, world_size: int, steps: int, graph, emb, fault: dict | None,
-                 resume_from: str | None):
+                 resume_from: str | None, job_id: str = ""):
         self.rank, self.world_size = rank, world_size
         self.is_chief = rank == 0
         self.steps = steps
         self.graph, self.emb = graph, emb
         self.fault = fault or {}
         self.resume_from = resume_from
+        self.job_id = job_id
         self._allreduce = {"s": 0.0}
         self._last_sampler: dict[str, float] = {}
+        self._progress: faults.Progress | None = None
         self._node_id = _node_id()
         self.parts: list[int] = []  # the partitions this worker trains (set by train_loop_per_worker)
         self.trainer: Trainer | None = None  # for its compute CPU counter (set by train_loop_per_worker)
@@ -154,21 +166,30 @@ class RayTrainRuntime(Runtime):
 
     def prepare(self, trainer: Trainer, resume: bool) -> bool:
         """Where to start: after a restart within this job (``FailureConfig``; the started marker
-        exists), the run's latest committed checkpoint; at the first start, ``--resume``'s
-        checkpoint; else afresh. The run directory holds only this run's checkpoints (an older run
-        was refused, or removed by ``--overwrite`` before the job started), so ``latest`` is this
-        run's. Rank 0 picks and broadcasts it (every worker restores the same one). After a restart
-        with no checkpoint yet the PS shards are re-initialised, since a restarted shard (or the
-        surviving ones' partial updates) must not leak into the new start."""
+        holds this job's id), the run's latest committed checkpoint; at the first start,
+        ``--resume``'s checkpoint; else afresh. The run directory holds only this run's checkpoints
+        (an older run was refused, or removed by ``--overwrite`` before the job started), so
+        ``latest`` is this run's. Rank 0 picks and broadcasts it (every worker restores the same
+        one). After a restart with no checkpoint yet the PS shards are re-initialised, since a
+        restarted shard (or the surviving ones' partial updates) must not leak into the new start.
+
+        After a restart the chief also writes the ``fault`` record, from what the failed attempt
+        left (``distgnn.ray_runtime.faults``); at every start it records this attempt's layout
+        (nodes, pids, shard generations) for the next one. Last, every worker checks that no PS
+        shard restarted since it synced (a restart during start-up would otherwise go unseen until
+        the end of the epoch)."""
         import torch.distributed as dist
 
         from distgnn import checkpoint as ckpt
 
         run_dir = trainer.run_dir
         marker = run_dir / STARTED_MARKER
-        restart = marker.exists()
-        chosen = None
+        restart, chosen = False, None
         if self.is_chief:
+            restart = marker.exists() and marker.read_text().strip() == self.job_id
+            if not restart:  # a new job: evidence of an earlier one's faults is not ours
+                faults.clear(run_dir)
+                marker.write_text(self.job_id)  # from now on, a failure makes the next start a restart
             last = ckpt.latest(run_dir) if restart else None
             chosen = str(last) if last is not None else self.resume_from
         chosen = self.agree(chosen)
@@ -179,16 +200,94 @@ class RayTrainRuntime(Runtime):
             print("restart before the first checkpoint: re-initialising the parameter server",
                   file=sys.stderr, flush=True)
             self.emb.reset()
+        ranks = [None] * self.world_size
+        dist.all_gather_object(ranks, {"rank": self.rank, "pid": os.getpid(), "node_id": _node_id()})
         if self.is_chief:
-            marker.write_text("")
+            now = self._layout(ranks)
+            if restart:
+                self._record_fault(trainer, now, Path(chosen).name if restored
+                                   else "the initial state (no checkpoint yet)")
+            faults.write_layout(run_dir, now)
         dist.barrier()
+        self.emb.check_generations("at start")
         return restored
+
+    def _layout(self, ranks: list[dict]) -> dict:
+        """Where this attempt runs: every rank's node and pid, every shard's generation and node."""
+        from distgnn.ray_runtime.cluster import get_with_deadline
+
+        ps = self.emb.check_generations("at start")  # the chief's own check, with the answers
+        shards = self.graph.sampler.shards
+        graph = get_with_deadline([s.info.remote() for s in shards], self.graph.timeout_s,
+                                  "GraphShard info", [f"GraphShard {p}" for p in range(len(shards))])
+        return {"job_id": self.job_id, "time": time.time(), "ranks": ranks,
+                "ps": [{k: a.get(k) for k in ("generation", "node_id", "pid", "loaded_from")} for a in ps],
+                "graph": [{k: g.get(k) for k in ("generation", "node_id", "pid")} for g in graph]}
+
+    def _record_fault(self, trainer: Trainer, now: dict, rolled_back_to: str) -> None:
+        """The ``fault`` record of the failure this restart recovers from (chief only); the
+        notes it consumed are removed."""
+        import ray
+
+        run_dir = trainer.run_dir
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive", n.get("alive", False))}
+        rec = faults.compose(faults.read_layout(run_dir), now, alive, faults.read_notes(run_dir),
+                             rolled_back_to, trainer.global_step, faults.max_progress(run_dir))
+        rec.update(epoch=trainer.epoch, step=trainer.global_step)
+        trainer._log(rec)
+        print(faults.fault_line(rec), file=sys.stderr, flush=True)
+        faults.clear(run_dir, keep_layout=True)
+
+    def check_health(self, trainer: Trainer, where: str) -> None:
+        """Every PS shard answers within the deadline with the generation this worker synced
+        (``RayEmbeddingStore.check_generations``); else the worker fails and the job rolls back.
+        Fault injection ``ps_idle_epoch``: the chief kills a shard just before, while it is idle."""
+        self._set_progress(trainer)  # the epoch's last step is done: it counts if redone
+        f = self.fault
+        if (self.is_chief and where == "before checkpoint" and f.get("ps_idle_epoch") is not None
+                and trainer.epoch == f["ps_idle_epoch"] + 1):
+            self._kill_idle_shard(trainer, int(f.get("ps_shard") or 0))
+        self.emb.check_generations(where)
+
+    def _kill_idle_shard(self, trainer: Trainer, part: int, timeout_s: float = 120.0) -> None:
+        """Fault injection: kill PS shard ``part`` while no call is in flight (once per run) and wait,
+        without calling it, until Ray has restarted it, so the health check meets the new
+        incarnation, as it would after an unnoticed crash."""
+        import ray
+
+        from distgnn.ray_runtime.cluster import actor_state
+
+        marker = trainer.run_dir / f".fault-injected-ps{part}-idle-epoch{trainer.epoch - 1}"
+        if marker.exists():
+            return
+        marker.write_text("")
+        shard = self.emb.shards[part]
+        _, before = actor_state(shard)
+        print(f"fault injection: PSShard {part} killed while idle at the end of epoch {trainer.epoch - 1}",
+              file=sys.stderr, flush=True)
+        faults.write_note(trainer.run_dir, f"ps{part}", what=f"injected fault: PSShard {part} killed "
+                          f"while idle at the end of epoch {trainer.epoch - 1}")
+        ray.kill(shard, no_restart=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state, restarts = actor_state(shard)
+            if state == "ALIVE" and restarts > before:
+                return
+            time.sleep(0.2)
 
     # --- the loop's hooks -------------------------------------------------------------------
     def batches(self, trainer: Trainer, epoch: int, start_step: int):
         return self.steps, equal_batches(trainer.sampler, epoch, start_step, self.steps)
 
+    def _set_progress(self, trainer: Trainer) -> None:
+        """This rank's completed steps, for the next chief's ``steps_redone`` should this attempt
+        fail. Opened after ``prepare``, once the chief has cleared the failed attempt's values."""
+        if self._progress is None:
+            self._progress = faults.Progress(trainer.run_dir, self.rank)
+        self._progress.set(trainer.global_step)
+
     def before_step(self, trainer: Trainer, step: int) -> None:
+        self._set_progress(trainer)
         f = self.fault
         if f.get("worker") == self.rank and f.get("epoch", 0) == trainer.epoch and f.get("step") == step:
             marker = trainer.run_dir / f".fault-injected-rank{self.rank}-epoch{trainer.epoch}-step{step}"
@@ -196,6 +295,8 @@ class RayTrainRuntime(Runtime):
                 marker.write_text("")
                 print(f"fault injection: worker {self.rank} exits at epoch {trainer.epoch} step {step}",
                       file=sys.stderr, flush=True)
+                faults.write_note(trainer.run_dir, f"rank{self.rank}", what=f"injected fault: rank "
+                                  f"{self.rank} exited at epoch {trainer.epoch} step {step}")
                 os._exit(3)
 
     def log_fields(self) -> dict:
@@ -362,37 +463,48 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"], "config")
     cfg.train.device = worker_device(loop_config.get("device", "cpu"))
     world = ctx.get_world_size()
-    shard_nodes = loop_config.get("shard_nodes") or [None] * len(loop_config["graph_shards"])
-    rank_nodes: list = [None] * world
-    if world > 1:  # every rank's node, for the same answer everywhere
-        import torch.distributed as dist
+    run_dir = loop_config["run_dir"]
+    trainer = None
+    try:
+        shard_nodes = loop_config.get("shard_nodes") or [None] * len(loop_config["graph_shards"])
+        rank_nodes: list = [None] * world
+        if world > 1:  # every rank's node, for the same answer everywhere
+            import torch.distributed as dist
 
-        dist.all_gather_object(rank_nodes, _node_id())
-    else:
-        rank_nodes = [_node_id()]
-    group = node_groups(rank_nodes, shard_nodes)[rank]
-    parts = assigned_parts(group, world, len(loop_config["graph_shards"]))
-    graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_parts=parts,
-                          timeout_s=loop_config["timeout_s"])
-    emb = loop_config["emb"]
-    emb.local_parts = tuple(parts)
-    # own partitions' rows through shared memory, if their shards are on this node
-    attached = emb.attach_local() if cfg.embedding.shared_memory else True
-    trainer = Trainer(cfg, loop_config["run_dir"], graph=graph, backend="ray", emb=emb)
-    if not attached:  # a slower path, never a silent one: a warning record, shown by the driver
-        missing = [p for p in parts if p not in emb._views]
-        trainer.warnings.append(
-            f"rank {rank}: the parameter-server rows of partition(s) {missing} are not in shared "
-            f"memory on this worker's node (no room in /dev/shm on the shard's node, or the shard "
-            f"runs on another node); their pulls and pushes go through calls")
-    # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; DGL's kernels (SpMM, SDDMM, edge softmax in
-    # GATConv) read OpenMP's setting, torch's ops its own: set both.
-    threads = max(1, int(loop_config["threads_per_worker"]))
-    torch.set_num_threads(threads)
-    from dgl.utils import set_num_threads
-    set_num_threads(threads)
-    runtime = RayTrainRuntime(rank, world, int(loop_config["steps_per_epoch"]), graph, emb,
-                              loop_config.get("fault"), loop_config.get("resume_from"))
-    runtime.parts, runtime.trainer = parts, trainer
-    runtime.wrap_model(trainer)
-    trainer.train(resume=False, runtime=runtime)
+            dist.all_gather_object(rank_nodes, _node_id())
+        else:
+            rank_nodes = [_node_id()]
+        group = node_groups(rank_nodes, shard_nodes)[rank]
+        parts = assigned_parts(group, world, len(loop_config["graph_shards"]))
+        graph = RayGraphStore(cfg.data.partitions, loop_config["graph_shards"], local_parts=parts,
+                              timeout_s=loop_config["timeout_s"])
+        emb = loop_config["emb"]
+        emb.local_parts = tuple(parts)
+        emb.sync_generations()  # fencing: every call of this attempt names these generations
+        # own partitions' rows through shared memory, if their shards are on this node
+        attached = emb.attach_local() if cfg.embedding.shared_memory else True
+        trainer = Trainer(cfg, run_dir, graph=graph, backend="ray", emb=emb)
+        if not attached:  # a slower path, never a silent one: a warning record, shown by the driver
+            missing = [p for p in parts if p not in emb._views]
+            why = "; ".join(emb.shm_fallbacks[p] for p in missing if p in emb.shm_fallbacks)
+            trainer.warnings.append(
+                f"rank {rank}: the parameter-server rows of partition(s) {missing} are not in shared "
+                f"memory on this worker's node ({why or 'not shared'}); their pulls and pushes go "
+                f"through calls")
+        # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; DGL's kernels (SpMM, SDDMM, edge softmax in
+        # GATConv) read OpenMP's setting, torch's ops its own: set both.
+        threads = max(1, int(loop_config["threads_per_worker"]))
+        torch.set_num_threads(threads)
+        from dgl.utils import set_num_threads
+        set_num_threads(threads)
+        runtime = RayTrainRuntime(rank, world, int(loop_config["steps_per_epoch"]), graph, emb,
+                                  loop_config.get("fault"), loop_config.get("resume_from"),
+                                  loop_config.get("job_id", ""))
+        runtime.parts, runtime.trainer = parts, trainer
+        runtime.wrap_model(trainer)
+        if cfg.embedding.ordered_pushes:  # reproducible: pushes take turns in rank order
+            emb.order_pushes(rank, world)
+        trainer.train(resume=False, runtime=runtime)
+    except BaseException as exc:  # what this worker saw, for the restarted chief's fault record
+        faults.error_note(run_dir, rank, exc, trainer.global_step if trainer is not None else -1)
+        raise
