@@ -82,6 +82,18 @@ def _init_with_deadline(shown: str, timeout_s: float, **kwargs) -> Any:
     return box["ctx"]
 
 
+# glibc gives every thread that allocates its own malloc arena (up to 8 per core), and memory a
+# minibatch's tensors leave in one arena is not reused by another: a training worker (training
+# thread + prefetch thread + Ray's threads) grew from 2.5 GB to 4.7 GB private over 440 steps of
+# the 100M run (BENCHMARKS.md). Two arenas bound that. A value the user exported wins.
+WORKER_MALLOC_ARENA_MAX = "2"
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables of every process of the job (Ray's job-level ``runtime_env``)."""
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", WORKER_MALLOC_ARENA_MAX)}
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
             timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, log_to_driver: bool = True,
             namespace: str = "distgnn", object_store_memory: int | None = None) -> dict:
@@ -98,7 +110,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         return _describe(embedded=None)
 
     common = dict(namespace=namespace, log_to_driver=log_to_driver, logging_level=logging.WARNING,
-                  configure_logging=True)
+                  configure_logging=True, runtime_env={"env_vars": worker_env()})
     if address in (None, "", "local"):
         # Keep Ray's token authentication on for the cluster we start (Ray >= 2.5x turns it on by
         # default when RAY_AUTH_MODE is unset; setting it explicitly also silences the warning).
