@@ -41,6 +41,7 @@ not depend on how the users are sharded). The protocol that ran is reported with
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -340,6 +341,15 @@ def block_rows_for(user_batch: int) -> int:
     return max(1024, SCORE_BUDGET // (4 * max(user_batch, 1)))
 
 
+def read_only_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array (a memory-mapped stage file) without a copy. torch warns
+    that it cannot protect such memory from writes; the blocks are only read, so the warning,
+    which a user would see once per worker, says nothing here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
 @torch.no_grad()
 def topk_blocked(user_rows: np.ndarray, items: ItemRows, known_rows: np.ndarray, known_items: np.ndarray,
                  k: int, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -350,7 +360,7 @@ def topk_blocked(user_rows: np.ndarray, items: ItemRows, known_rows: np.ndarray,
     best_s = torch.full((n, 0), -math.inf)
     best_i = torch.zeros((n, 0), dtype=torch.int64)
     for first, rows in items.blocks:
-        block = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        block = read_only_tensor(rows).to(device)
         scores = u @ block.T
         m = (known_items >= first) & (known_items < first + block.shape[0])
         if m.any():

@@ -32,8 +32,8 @@ What is counted, in bytes:
 The phases of a job do not peak together: the graph shards load first (their Parquet decode is
 transient), then the PS shards build their rows and copy them to shared memory (twice their size
 for a moment), then the workers train. A node's need is the largest of the three phases.
-Placement follows ``launch.job``: graph shards are SPREAD over the nodes and each partition's PS
-shard sits beside its graph shard, so a node holds at most ``ceil(P / N)`` partitions (the largest
+Placement follows ``launch.job``: graph shards are dealt round-robin over the nodes that can run a
+worker and each partition's PS shard sits beside its graph shard, so a node holds at most ``ceil(P / N)`` partitions (the largest
 ones are assumed); Ray Train packs workers, so a node may hold as many workers as its CPUs allow.
 The busiest node's need is compared with the smallest node's memory: Ray's ``memory`` plus
 ``object_store_memory`` resources, what Ray found available when the node started.
