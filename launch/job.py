@@ -170,7 +170,10 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; OpenMP reads it
                                  # at process start (the worker also sets its threads at run time)
-                                 worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}))
+                                 # (and DISTGNN_TEST_* fault-injection hooks reach the workers, as
+                                 # they reach the shards: the checkpoint writer's ENOSPC, D32)
+                                 worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads),
+                                                                  **_test_env()}}))
         try:
             result = _fit_with_watchdog(trainer, run_dir, cfg.train.epochs, stall_timeout_s)
         except RayCallError:
@@ -203,6 +206,11 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         if owned:
             cluster.shutdown()
     return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir)), "processes": processes}
+
+
+def _test_env() -> dict[str, str]:
+    """The driver's ``DISTGNN_TEST_*`` variables (test hooks), for the training workers."""
+    return {k: v for k, v in os.environ.items() if k.startswith("DISTGNN_TEST_")}
 
 
 REPORT_TIMEOUT_S = 30.0  # the whole process report's deadline: a diagnostic never holds up the job
