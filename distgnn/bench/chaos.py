@@ -474,12 +474,16 @@ class Injector(threading.Thread):
         pause: the deadline fired), or after ``pause_limit_s`` (then: not detected)."""
         from distgnn.ray_runtime import faults
 
+        t0 = self.injected_at or time.time()
         errors = [n for n in faults.read_notes(self.run_dir)
-                  if n.get("error") and float(n.get("time", 0)) >= (self.injected_at or 0)]
-        late = time.time() - (self.injected_at or time.time()) > self.pause_limit_s
-        if errors or late:
-            if errors:
-                self.detected_at = min(float(n["time"]) for n in errors)
+                  if n.get("error") and float(n.get("time", 0)) >= t0]
+        # (or the fault record already: Ray Train may have killed the paused worker itself, and the
+        # new chief consumed the notes)
+        record = next((t for t, k, _ in self.timeline if k == "fault" and t >= t0), None)
+        late = time.time() - t0 > self.pause_limit_s
+        if errors or record is not None or late:
+            if errors or record is not None:
+                self.detected_at = min([float(n["time"]) for n in errors] + ([record] if record else []))
             else:
                 self.problem = (f"the paused process was not detected within {self.pause_limit_s:.0f}s; "
                                 f"the bench killed it")
@@ -805,7 +809,7 @@ def run(args: argparse.Namespace) -> int:
         deltas = [r["recall_delta"] for r in results]
         report = {
             "format": FORMAT, "version": VERSION,
-            "command": "distgnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "command": command_line(args),
             "started": started, "finished": _now(), "seconds": round(time.monotonic() - t_start, 1),
             "seed": args.seed, "faults": len(results),
             "survived": sum(bool(r["survived"]) for r in results),
@@ -836,6 +840,18 @@ def run(args: argparse.Namespace) -> int:
             cluster.shutdown()
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The invocation, rebuilt from the parsed options (the same inside a test as from a shell)."""
+    parts = ["distgnn", "bench", "chaos"]
+    for opt, value in (("--config", args.config), ("--partitions", args.partitions), ("--faults", args.faults),
+                       ("--seed", args.seed), ("--types", args.types), ("--interactions", args.interactions),
+                       ("--timeout", args.timeout), ("--out", args.out)):
+        if value is not None:
+            parts += [opt, str(value)]
+    parts += [a for o in args.overrides for a in ("--set", o)]
+    return " ".join(shlex.quote(p) for p in parts) + (" --json" if args.json else "")
 
 
 def _run_reference(cfg_path: Path, run_dir: Path, cluster: ChaosCluster, workers: int, timeout_s: float,
