@@ -69,7 +69,8 @@ beyond ``RTOL``/``ATOL``.
      "machine": {"logical_cpus", "memory_bytes", "loadavg_start", "loadavg_end"},
      "per_fault": [{"index", "type", "target", "planned_step", "at_step", "survived", "hang",
                     "returncode", "seconds", "detected": bool, "detection", "detected_by",
-                    "fault_records", "rolled_back_to", "steps_redone", "detect_s", "recover_s",
+                    "first_error", "fault_records", "what", "rolled_back_to", "steps_redone", "detect_s",
+                    "recover_s",
                     "recall", "recall_delta", "checkpoints_compared", "lost_updates",
                     "extra_updates", "mismatched_rows", "max_abs_diff", "uncommitted", "ok",
                     "problem", "log"}]}
@@ -359,6 +360,8 @@ class Injector(threading.Thread):
         self.killed_node: str | None = None
         self.problem: str | None = None
         self._seen: dict[Path, int] = {}
+        self._tried = False
+        self.first_error: str | None = None  # a pause: the first worker's error on it (its note)
 
     def run(self) -> None:
         try:
@@ -395,9 +398,10 @@ class Injector(threading.Thread):
         f = self.fault
         while not self.stop.is_set() and time.monotonic() < deadline:
             reached = self._poll()
-            if self.injected_at is None and f.type != "enospc" and reached >= f.step:
+            if not self._tried and f.type != "enospc" and reached >= f.step:
                 layout = faults.read_layout(self.run_dir)
                 if layout:
+                    self._tried = True  # once, even if it could not strike (then: ``problem``)
                     self._inject(layout, reached)
             if self.paused_pid is not None:
                 self._watch_pause()
@@ -484,6 +488,10 @@ class Injector(threading.Thread):
         if errors or record is not None or late:
             if errors or record is not None:
                 self.detected_at = min([float(n["time"]) for n in errors] + ([record] if record else []))
+                if errors:  # the first failure on it says how it was found (the record may name a
+                    # later one: a health check meeting the restarted shard)
+                    n = min(errors, key=lambda n: float(n["time"]))
+                    self.first_error = f"rank {n.get('rank')}: {n.get('error')}: {n.get('message', '')}"[:300]
             else:
                 self.problem = (f"the paused process was not detected within {self.pause_limit_s:.0f}s; "
                                 f"the bench killed it")
@@ -503,7 +511,7 @@ def detection_kind(detected_by: str | None) -> str:
         return "health check"
     if t.startswith("stale-generation"):
         return "stale generation (fenced call)"
-    if t.startswith(("failed call", "worker error")):
+    if t.startswith(("failed call", "worker error", "rank ")):  # (rank: a worker's own error note)
         return "error"
     if t.startswith("ray"):
         return "Ray Train restart"
@@ -562,7 +570,10 @@ def run_fault(fault: Fault, cfg_path: Path, work: Path, cluster: ChaosCluster, w
                rolled_back_to=fault_recs[-1].get("rolled_back_to") if fault_recs else None,
                steps_redone=(sum(int(r.get("steps_redone") or 0) for r in fault_recs) if fault_recs else 0),
                uncommitted=uncommitted_entries(run_dir))
-    if fault_recs:
+    out["first_error"] = inj.first_error
+    if inj.first_error:
+        out["detection"] = detection_kind(inj.first_error)
+    elif fault_recs:
         out["detection"] = detection_kind(fault_recs[0].get("detected_by"))
     elif fault.type == "kill_graph_shard" and injected:
         out["detection"] = "none needed: Ray restarted the GraphShard and retried its calls (no rollback)"
