@@ -774,10 +774,8 @@ def run(args: argparse.Namespace) -> int:
             parts_dir = Path(args.partitions)
             fmt.load_manifest(parts_dir)  # a UserError line if it is not a partition directory
         else:
-            from distgnn.ray_runtime.testing import make_partitions
-
             print(f"chaos: generating {args.interactions} interactions, 2 METIS partitions", file=sys.stderr)
-            parts_dir = make_partitions(out / "data", ((2, "metis"),), args.interactions, args.seed)[(2, "metis")]
+            parts_dir = generate_partitions(out / "data", args.interactions, args.seed)
         cfg = bench_config(args.config, parts_dir.resolve(), args.overrides)
         manifest = fmt.load_manifest(cfg.data.partitions)
         workers = len(manifest["parts"])
@@ -851,6 +849,18 @@ def run(args: argparse.Namespace) -> int:
             cluster.shutdown()
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def generate_partitions(out: Path, interactions: int, seed: int, num_parts: int = 2) -> Path:
+    """A small generated graph (``distgnn gen``), partitioned with METIS (``distgnn partition create``)."""
+    from distgnn.gen import generate
+    from partition.pipeline import CreateOptions, create
+
+    generate(out / "logs", interactions=interactions, seed=seed, progress=False)
+    parts = out / f"p{num_parts}-metis"
+    create(CreateOptions(train=str(out / "logs" / "train"), test=str(out / "logs" / "test"), out=str(parts),
+                         num_parts=num_parts, method="metis", seed=seed, progress=False))
+    return parts
 
 
 def command_line(args: argparse.Namespace) -> str:
