@@ -104,7 +104,7 @@ RECALL_TOLERANCE = 0.005
 RTOL, ATOL = 1e-5, 1e-6  # float tolerance of the row comparison (reproducible runs: exact in practice)
 # Small deadlines, so that a paused process is found by a deadline in seconds, yet large enough for
 # a 1-CPU node of a loaded 2-core machine to start an actor (import torch) or restart a shard.
-DEADLINES = {"call_timeout_s": 15.0, "barrier_timeout_s": 20.0, "stall_timeout_s": 120.0}
+DEADLINES = {"call_timeout_s": 30.0, "barrier_timeout_s": 30.0, "stall_timeout_s": 120.0}
 MAX_FAILURES = 4  # Ray Train restarts per job: one fault may cost two (a restart meeting a restarting shard)
 
 # The bench's training settings over the config's (or the built-in BASE): reproducible pushes, a
@@ -711,8 +711,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interactions", type=int, default=10_000, help="size of the generated graph (default 10000)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V",
                    help="override a training setting, e.g. --set train.epochs=3")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                   help="deadline of each training job (default 300); a job past it is a hang")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="deadline of each training job (default 600); a job past it is a hang")
     p.add_argument("--out", metavar="DIR", help="keep runs, logs and chaos.json here (default: a temporary "
                    "directory, removed afterwards)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
