@@ -708,7 +708,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "at least once)")
     p.add_argument("--seed", type=int, default=0, help="seeds the fault schedule and the generated graph")
     p.add_argument("--types", metavar="T,T", help=f"only these fault types (default: all of {', '.join(FAULT_TYPES)})")
-    p.add_argument("--interactions", type=int, default=10_000, help="size of the generated graph (default 10000)")
+    p.add_argument("--interactions", type=int, default=6_000, help="size of the generated graph (default 6000)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V",
                    help="override a training setting, e.g. --set train.epochs=3")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S",
