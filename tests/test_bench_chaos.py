@@ -3,7 +3,10 @@ ENOSPC hook, the independent row comparison, and one short end-to-end run on a m
 cluster (a PS shard killed mid-run and a full disk under a checkpoint, each against the fault-free
 reference: survived, detected, no update lost, same Recall@20).
 
-The end-to-end case has a deadline on the test and on every job (the bench's own ``--timeout``)."""
+The end-to-end case has a deadline on the test and on every job (the bench's own ``--timeout``). It
+runs three Ray Train jobs (reference, kill_ps, enospc): about 10 minutes on 2 cores shared with
+another training job (load average 9-10), each job spending about 2 minutes starting; the other
+cases take 2 seconds (``-k 'not two_faults'``)."""
 from __future__ import annotations
 
 import errno
