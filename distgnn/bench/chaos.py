@@ -581,7 +581,9 @@ def run_fault(fault: Fault, cfg_path: Path, work: Path, cluster: ChaosCluster, w
         out["detection"] = None
     out["detected"] = bool(fault_recs) or (fault.type == "kill_graph_shard" and injected and survived)
     if not injected and not out["problem"]:
-        out["problem"] = "the fault was never injected (the job ended or failed first)"
+        out["problem"] = ("the fault was never injected: " + (
+            "the job ended first" if child.returncode == 0
+            else f"the job failed before it (exit {child.returncode}): {child.tail()}"))
     if not survived and not hang and not out["problem"]:
         out["problem"] = f"the job failed (exit {child.returncode}): {child.tail()}"
     if hang:
