@@ -129,8 +129,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
         est = check_memory(cfg, manifest, num_workers, node_memory)
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir, gpus_per_worker,
-                                                             run_dir)
+        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, max(timeout_s, SHARD_START_TIMEOUT_S),
+                                                             shm_dir, gpus_per_worker, run_dir)
         # every check has passed (a refusal is one line, naming the estimate itself)
         print(f"distgnn train: {est.summary()}", file=sys.stderr, flush=True)
         if overwrite:  # every check has passed: only now is the old run removed
@@ -206,6 +206,12 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         if owned:
             cluster.shutdown()
     return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir)), "processes": processes}
+
+
+# Starting the shards is a process start and imports (torch, DGL) plus a partition load, not a call:
+# it gets at least this long whatever runtime.call_timeout_s says. A small call deadline (the chaos
+# benchmark's 30 s, D32) made a job fail at its start on a loaded 2-core machine.
+SHARD_START_TIMEOUT_S = 120.0
 
 
 def _test_env() -> dict[str, str]:
