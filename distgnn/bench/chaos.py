@@ -897,7 +897,7 @@ def _memory_bytes() -> int | None:
 def table(report: dict[str, Any]) -> str:
     """The report as Markdown: one row per fault, then the totals."""
     rows = ["| # | fault | target | step | detected by | detect s | recover s | steps redone | "
-            "rows checked (ckpts) | lost / extra / mismatched | Recall@K delta | ok |",
+            "checkpoints compared | lost / extra / mismatched rows | Recall@K delta | ok |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["per_fault"]:
         rows.append(
