@@ -4,9 +4,9 @@ cluster (a PS shard killed mid-run and a full disk under a checkpoint, each agai
 reference: survived, detected, no update lost, same Recall@20).
 
 The end-to-end case has a deadline on the test and on every job (the bench's own ``--timeout``). It
-runs three Ray Train jobs (reference, kill_ps, enospc): about 10 minutes on 2 cores shared with
-another training job (load average 9-10), each job spending about 2 minutes starting; the other
-cases take 2 seconds (``-k 'not two_faults'``)."""
+runs three Ray Train jobs (reference, kill_ps, enospc): 140 s on 2 idle cores, about 10 minutes
+when they were shared with another training job (load average 9-10: each job then spends about 2
+minutes starting); the other cases take 2 seconds (``-k 'not two_faults'``)."""
 from __future__ import annotations
 
 import errno
