@@ -234,13 +234,19 @@ def write(run_dir: str | Path, global_step: int, meta: dict[str, Any], dense: di
     writes them into the temporary checkpoint directory and returns their ``files`` records: one
     call per store, which in the Ray backend asks every PS shard in parallel), then ``dense.pt``,
     ``meta.json`` and ``manifest.json`` (``embeddings``: from ``embeddings_section``), fsync,
-    ``COMMITTED``, rename."""
+    ``COMMITTED``, rename.
+
+    A write that fails (a full disk: ``OSError(ENOSPC)``, any error) removes its temporary
+    directory, commits nothing and re-raises: the run's latest checkpoint is still the previous
+    one. The Ray chief then fails, and the job restarts from that checkpoint, redoing the steps
+    since, and writes this checkpoint again (docs/architecture.md D32)."""
     root = ckpt_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{global_step:09d}"
     final = root / name
     with atomic.AtomicDir(final, overwrite=True) as tmp:  # fsynced, then renamed into place
         files = dict(save_embeddings(tmp))
+        _injected_enospc(run_dir, global_step, tmp / DENSE)  # test hook: the disk fills here
         expected = {shard_relpath(t, p) for p in range(embeddings["num_shards"]) for t in fmt.NTYPES}
         if set(files) != expected or not all((tmp / rel).is_file() for rel in files):
             raise RuntimeError(f"the embedding store wrote {sorted(files)}, expected {sorted(expected)}")
@@ -255,6 +261,36 @@ def write(run_dir: str | Path, global_step: int, meta: dict[str, Any], dense: di
         (tmp / MARKER).write_text(name + "\n")
     prune(run_dir, keep)
     return final
+
+
+# Test hook (the chaos benchmark, docs/architecture.md D32): the first attempt to write checkpoint
+# ``step-N`` of a run raises OSError(ENOSPC) as if the disk filled up while it was being written,
+# after the parameter-server shards have put their files into the temporary directory (so there is
+# a half-written checkpoint to clean up). Once per run: a marker file in the run directory stops it
+# firing again after the restart that retries the checkpoint.
+ENOSPC_ENV = "DISTGNN_TEST_ENOSPC_AT_CHECKPOINT"
+
+
+def enospc_marker(run_dir: str | Path, global_step: int) -> Path:
+    """The file whose presence says the injected ENOSPC of checkpoint ``step-N`` has fired (its
+    mtime is when)."""
+    return Path(run_dir) / f".fault-injected-enospc-step-{int(global_step):09d}"
+
+
+def _injected_enospc(run_dir: str | Path, global_step: int, path: Path) -> None:
+    import errno
+    import os
+
+    want = os.environ.get(ENOSPC_ENV, "").strip()
+    if not want or int(want) != int(global_step):
+        return
+    marker = enospc_marker(run_dir, global_step)
+    if marker.exists():
+        return
+    marker.write_text("")
+    print(f"fault injection: checkpoint step-{int(global_step):09d} hits a full disk (ENOSPC)",
+          file=sys.stderr, flush=True)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def mark_best(run_dir: str | Path, ckpt: Path, metric: str, value: float, split: str = "valid") -> None:

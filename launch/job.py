@@ -129,8 +129,8 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         cluster.check_resources(num_workers, cpus_per_worker=1, gpus_per_worker=gpus_per_worker)
         est = check_memory(cfg, manifest, num_workers, node_memory)
         shm_dir = _shm_dir() if cfg.embedding.shared_memory else None
-        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, timeout_s, shm_dir, gpus_per_worker,
-                                                             run_dir)
+        graph_shards, ps_shards, shard_nodes = _start_shards(cfg, book, max(timeout_s, SHARD_START_TIMEOUT_S),
+                                                             shm_dir, gpus_per_worker, run_dir)
         # every check has passed (a refusal is one line, naming the estimate itself)
         print(f"distgnn train: {est.summary()}", file=sys.stderr, flush=True)
         if overwrite:  # every check has passed: only now is the old run removed
@@ -170,7 +170,10 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; OpenMP reads it
                                  # at process start (the worker also sets its threads at run time)
-                                 worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}))
+                                 # (and DISTGNN_TEST_* fault-injection hooks reach the workers, as
+                                 # they reach the shards: the checkpoint writer's ENOSPC, D32)
+                                 worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads),
+                                                                  **_test_env()}}))
         try:
             result = _fit_with_watchdog(trainer, run_dir, cfg.train.epochs, stall_timeout_s)
         except RayCallError:
@@ -203,6 +206,17 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         if owned:
             cluster.shutdown()
     return {"metrics": result.metrics, "checkpoint": str(ckpt.latest(run_dir)), "processes": processes}
+
+
+# Starting the shards is a process start and imports (torch, DGL) plus a partition load, not a call:
+# it gets at least this long whatever runtime.call_timeout_s says. A small call deadline (the chaos
+# benchmark's 30 s, D32) made a job fail at its start on a loaded 2-core machine.
+SHARD_START_TIMEOUT_S = 120.0
+
+
+def _test_env() -> dict[str, str]:
+    """The driver's ``DISTGNN_TEST_*`` variables (test hooks), for the training workers."""
+    return {k: v for k, v in os.environ.items() if k.startswith("DISTGNN_TEST_")}
 
 
 REPORT_TIMEOUT_S = 30.0  # the whole process report's deadline: a diagnostic never holds up the job

@@ -16,6 +16,7 @@ BENCH_MODULES = [
     "distgnn.bench.ps",
     "distgnn.bench.overhead",
     "distgnn.bench.scaling",
+    "distgnn.bench.chaos",
 ]
 
 

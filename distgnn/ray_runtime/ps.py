@@ -429,7 +429,9 @@ class RayEmbeddingStore(EmbeddingStore):
 
     def order_pushes(self, rank: int, world_size: int) -> None:
         """Reproducible runs (``embedding.ordered_pushes``): every push of a step is applied in
-        rank order, with a barrier (the Ray Train process group's) after each worker's turn, so
+        turn order (``rank`` is this worker's turn: the Ray worker passes its partition group, so
+        the order does not depend on placement), with a barrier (the Ray Train process group's)
+        after each worker's turn, so
         the rows every worker pulls next, and the order in which one row's updates are applied,
         no longer depend on timing. Adam's and Adagrad's updates do not commute, and a worker's
         next pull could otherwise see another's push or not: with two workers, identical runs

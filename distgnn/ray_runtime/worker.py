@@ -502,8 +502,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                   loop_config.get("job_id", ""))
         runtime.parts, runtime.trainer = parts, trainer
         runtime.wrap_model(trainer)
-        if cfg.embedding.ordered_pushes:  # reproducible: pushes take turns in rank order
-            emb.order_pushes(rank, world)
+        if cfg.embedding.ordered_pushes:  # reproducible: pushes take turns in group order, not
+            # rank order: which rank trains which group depends on where Ray Train placed the ranks,
+            # which a restart (or another run) may change, and the order decides the rows (D32)
+            emb.order_pushes(group, world)
         trainer.train(resume=False, runtime=runtime)
     except BaseException as exc:  # what this worker saw, for the restarted chief's fault record
         faults.error_note(run_dir, rank, exc, trainer.global_step if trainer is not None else -1)
