@@ -112,3 +112,12 @@ def test_by_file_splits_the_merged_records(tmp_path):
     metrics.append(tmp_path, 0, {"type": "c"})
     got = [(p.name, [r["type"] for r in recs]) for p, recs in metrics.read_metrics(tmp_path).by_file()]
     assert got == [("rank-00000.jsonl", ["b", "c"]), ("rank-00001.jsonl", ["a"])]
+
+
+def test_processes_per_node_counts_only_nodes_with_a_rank():
+    """The node the node-loss test and the chaos bench kill: the one holding most of the job,
+    among the given nodes that run a training rank (shards alone on a node do not count it)."""
+    layout = {"ranks": [{"node_id": "a"}, {"node_id": "b"}],
+              "ps": [{"node_id": "a"}, {"node_id": "c"}], "graph": [{"node_id": "a"}, {"node_id": "b"}]}
+    assert faults.processes_per_node(layout, {"a", "b", "c"}) == {"a": 3, "b": 2}
+    assert faults.processes_per_node(layout, {"b", "c"}) == {"b": 2}

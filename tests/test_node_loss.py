@@ -92,13 +92,7 @@ class NodeKiller(threading.Thread):
 
     def _kill(self, layout: dict, reached: int) -> None:
         nodes = {n.node_id: n for n in self.cluster.worker_nodes}  # never the head (driver's node)
-        held: dict[str, int] = {}
-        for r in layout["ranks"]:
-            if r["node_id"] in nodes:
-                held[r["node_id"]] = held.get(r["node_id"], 0) + 1
-        for s in layout["ps"] + layout["graph"]:
-            if s["node_id"] in held:
-                held[s["node_id"]] += 1
+        held = faults.processes_per_node(layout, nodes)
         self.victim = max(held, key=held.get)
         self.layout, self.killed_at_step = layout, reached
         pids = [r["pid"] for r in layout["ranks"]]

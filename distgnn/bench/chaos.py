@@ -448,14 +448,9 @@ class Injector(threading.Thread):
     def _kill_node(self, layout: dict, reached: int) -> None:
         """As tests/test_node_loss.py: the worker node holding most of the job, every process at once;
         the training workers are paused around it so the loss lands at this step."""
-        nodes = self.cluster.worker_nodes()
-        held: dict[str, int] = {}
-        for r in layout["ranks"]:
-            if r["node_id"] in nodes:
-                held[r["node_id"]] = held.get(r["node_id"], 0) + 1
-        for s in layout["ps"] + layout["graph"]:
-            if s["node_id"] in held:
-                held[s["node_id"]] += 1
+        from distgnn.ray_runtime import faults
+
+        held = faults.processes_per_node(layout, self.cluster.worker_nodes())
         if not held:
             self.problem = "no worker node runs a training worker: nothing to kill"
             return

@@ -110,6 +110,21 @@ def read_layout(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def processes_per_node(layout: dict[str, Any], nodes) -> dict[str, int]:
+    """How many of the job's processes (training ranks, PS shards, GraphShards) each of ``nodes``
+    holds, counting only nodes that run a training rank: the node-loss test and the chaos bench
+    kill the one holding the most, the worst single loss."""
+    nodes = set(nodes)
+    held: dict[str, int] = {}
+    for r in layout["ranks"]:
+        if r["node_id"] in nodes:
+            held[r["node_id"]] = held.get(r["node_id"], 0) + 1
+    for s in layout["ps"] + layout["graph"]:
+        if s["node_id"] in held:
+            held[s["node_id"]] += 1
+    return held
+
+
 def clear(run_dir: str | Path, keep_layout: bool = False) -> None:
     """Forget the evidence: notes and progress once a record consumed them (the chief, before any
     rank of the new attempt writes progress); the layout too at a job's first start."""
