@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 
-.PHONY: demo demo-local test install clean
+.PHONY: demo demo-local test test-multihost install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Two hosts on this machine from Linux namespaces (private /dev/shm, /tmp and network; a shared
+# path): train across them, lose one mid-epoch, finish on the other. Needs root (launch/multihost.py).
+test-multihost: $(STAMP)
+	$(BIN)/python -m launch.multihost --workdir multihost_out
 
 # The main job on generated data: generate -> partition -> verify -> train on Ray (2 workers over
 # 2 partitions, a local Ray instance) -> evaluate -> top-K recommendations under the users' own ids.

@@ -216,6 +216,13 @@ class RuntimeConfig(_Strict):
     stall_timeout_s: Optional[float] = Field(
         None, gt=0, description="the driver stops a job with no new metrics record for this long "
                                 "(default: max(600, the barrier deadline))")
+    placement_strategy: Literal["SPREAD", "PACK"] = Field(
+        "SPREAD", description="how Ray Train places the training workers over the nodes. SPREAD "
+                              "(default) puts them on as many nodes as it can, like the shards, so "
+                              "each worker trains the partitions held on its own node; PACK fills "
+                              "one node first (fewer nodes, but a packed worker trains a partition "
+                              "whose rows live on another node). Both are soft: after a node is "
+                              "lost, the workers restart on the survivors")
 
 
 class Config(_Strict):

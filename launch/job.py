@@ -159,6 +159,7 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=loop_config,
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                         placement_strategy=cfg.runtime.placement_strategy,
                                          resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker}
                                                                             if use_gpu else {})}),
             # The process group's deadline bounds every barrier and broadcast; it must cover rank 0's

@@ -343,7 +343,9 @@ def test_crash_mid_push_is_fenced(ray_cluster, parts, tmp_path):
     finally:
         ray.get([s.close.remote() for s in shards])
         _kill(shards)
-    assert not list(shm.iterdir()), "shared files left behind"
+    # the shards remove the job's directory on their node too (the driver only does on its own;
+    # a two-host run found it left behind, launch/multihost.py)
+    assert not shm.exists(), f"shared files left behind: {sorted(shm.iterdir())}"
 
 
 def test_crash_while_idle_is_found_before_a_checkpoint(ray_cluster, parts, tmp_path):

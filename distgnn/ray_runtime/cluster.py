@@ -53,9 +53,22 @@ def _probe(address: str, host: str, port: int, timeout_s: float) -> None:
         raise _no_cluster(address, f"cannot reach {host}:{port} ({exc.strerror or exc})")
 
 
+class _NoThreadSignalWarning(logging.Filter):
+    """Drops Ray's "SIGTERM handler is not set because current thread is not the main thread",
+    which ``ray.init`` on our watchdog thread prints on every ``--address`` run: the handler
+    would only make SIGTERM end the driver, which it does anyway, and the line would precede the
+    one error line a refused connection must be."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def _init_with_deadline(shown: str, timeout_s: float, **kwargs) -> Any:
     """``ray.init`` on a daemon thread, so a cluster that accepts TCP but never answers cannot
     hang the caller past the deadline."""
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NoThreadSignalWarning) for f in ray_worker_log.filters):
+        ray_worker_log.addFilter(_NoThreadSignalWarning())
     import ray
 
     box: dict[str, Any] = {}
@@ -74,7 +87,13 @@ def _init_with_deadline(shown: str, timeout_s: float, **kwargs) -> Any:
     if "exc" in box:
         exc = box["exc"]
         msg = " ".join(str(exc).split())
-        if "auth" in msg.lower() or "token" in msg.lower():
+        low = msg.lower()
+        if "token" in low and ("no authentication token" in low or "not found" in low):
+            raise UserError(f"the Ray cluster at {shown} uses token authentication and this machine "
+                            f"has no token: set RAY_AUTH_TOKEN to the cluster's token, or "
+                            f"RAY_AUTH_TOKEN_PATH to a file holding it (on the head node: "
+                            f"'ray get-auth-token')")
+        if "auth" in low or "token" in low:
             raise UserError(f"the Ray cluster at {shown} refused the connection ({msg[:200]}); "
                             f"it uses token authentication: set RAY_AUTH_TOKEN or "
                             f"RAY_AUTH_TOKEN_PATH to its token")

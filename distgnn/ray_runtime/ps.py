@@ -234,8 +234,12 @@ class _PSShard:
         """Remove this shard's shared files, and any earlier incarnation's of its partition (the
         driver calls it before killing the shard)."""
         if self.shm:
-            self._remove_old_generations(os.path.dirname(self.shm["prefix"]), self.shm["prefix"],
-                                         keep_own=False)
+            shm_dir = os.path.dirname(self.shm["prefix"])
+            self._remove_old_generations(shm_dir, self.shm["prefix"], keep_own=False)
+            # the job's directory on this node too, once its last shard here has closed: the
+            # driver removes it only on its own node (found by the two-host run, launch/multihost.py)
+            with contextlib.suppress(OSError):
+                os.rmdir(shm_dir)
 
     def _local(self, gids: np.ndarray) -> torch.Tensor:
         gids = np.asarray(gids, dtype=np.int64)
