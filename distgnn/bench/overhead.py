@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "overhead", help="training edges/s of the Ray backend (1 worker) vs the local backend",
         description="Partition the input into one part, train the same config for --steps steps with "
                     "the local backend and with the Ray backend on one worker, and print both "
-                    "throughputs and their ratio (target: Ray >= 0.9x local).",
+                    "throughputs and their ratio (target: Ray >= 0.95x local, issue #12).",
         epilog="example: distgnn bench overhead --config configs/gowalla_gat.yaml "
                "--train ../shared/data/gowalla/train.parquet --steps 60")
     p.add_argument("--config", required=True, metavar="CFG", help="training config")
