@@ -32,6 +32,31 @@ from distgnn import format as fmt
 from distgnn.errors import UserError
 
 
+class FusedSampler:
+    """DGL's fused neighbour sampler (``sample_neighbors_fused``) on one homogeneous graph.
+
+    It samples and numbers the block's nodes in one C++ pass, seeds first, then the other
+    sources in order of first appearance, the numbering DGL's ``to_block`` gives, and returns the
+    block already in CSC, the format GATConv's kernels read: about half the CPU of
+    ``sample_neighbors`` followed by ``to_block`` on a Gowalla hop (docs/architecture.md D34).
+    Its price is a node-id scratch array sized by the graph's node count, which DGL keeps in the
+    ``mapping`` dict between calls; one per thread, so sampling on the prefetch thread never races
+    another thread's call. The caller sets DGL's seed and threads (one, for a reproducible draw).
+    """
+
+    def __init__(self, g):
+        self.g = g
+        self._scratch = threading.local()
+
+    def sample(self, seeds: torch.Tensor, fanout: int, exclude_eids: torch.Tensor | None = None):
+        """A DGL block of up to ``fanout`` (-1: all) in-neighbours of each seed, without the
+        edges ``exclude_eids``; ``block.srcdata[dgl.NID]`` are the sources' ids in ``g``."""
+        if not hasattr(self._scratch, "mapping"):
+            self._scratch.mapping = {}
+        return self.g.sample_neighbors_fused(seeds, fanout, exclude_edges=exclude_eids,
+                                             mapping=self._scratch.mapping)
+
+
 class Interactions:
     """The training interactions a trainer iterates over, addressed by position ``0..len-1``.
 
@@ -151,9 +176,7 @@ class LocalGraphStore(GraphStore):
         self.g = dgl.graph((src_lid, dst_lid), num_nodes=self.num_local, idtype=torch.int64)
         self.g.create_formats_()
         self._in_deg_local = self.g.in_degrees()
-        # DGL's fused sampler keeps a node-id scratch array in this dict between calls; one per
-        # thread, so sampling on the prefetch thread never races another thread's call.
-        self._scratch = threading.local()
+        self._fused = FusedSampler(self.g)
         self._global_degrees: torch.Tensor | None = None
 
         # Training interactions: item -> user edges (dst is an owned user).
@@ -235,11 +258,6 @@ class LocalGraphStore(GraphStore):
         halo[inb] = self._halo_gids[pos[inb]] == gid[inb]
         return owned | halo
 
-    def _thread_mapping(self) -> dict:
-        if not hasattr(self._scratch, "mapping"):
-            self._scratch.mapping = {}
-        return self._scratch.mapping
-
     def sample_block(self, seed_gids: torch.Tensor, fanout: int,
                      exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
                      gen: torch.Generator | None = None):
@@ -259,12 +277,10 @@ class LocalGraphStore(GraphStore):
             threads = get_num_threads()
             set_num_threads(1)  # DGL's OpenMP only; torch's thread pool is left alone
             try:
-                block = self.g.sample_neighbors_fused(seed_lid, fanout, exclude_edges=eids,
-                                                      mapping=self._thread_mapping())
+                block = self._fused.sample(seed_lid, fanout, eids)
             finally:
                 set_num_threads(threads)
         else:
-            block = self.g.sample_neighbors_fused(seed_lid, fanout, exclude_edges=eids,
-                                                  mapping=self._thread_mapping())
+            block = self._fused.sample(seed_lid, fanout, eids)
         src_lid = block.srcdata[dgl.NID]
         return block, self.lid_to_gid(src_lid)

@@ -173,8 +173,9 @@ def run(cfg, run_dir: Path, num_workers: int | None, gpus_per_worker: float, add
                                  # at process start (the worker also sets its threads at run time)
                                  # (and DISTGNN_TEST_* fault-injection hooks reach the workers, as
                                  # they reach the shards: the checkpoint writer's ENOSPC, D32)
+                                 # (and at the cluster's niceness, not Ray's 15: workload_env)
                                  worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads),
-                                                                  **_test_env()}}))
+                                                                  **cluster.workload_env(), **_test_env()}}))
         try:
             result = _fit_with_watchdog(trainer, run_dir, cfg.train.epochs, stall_timeout_s)
         except RayCallError:

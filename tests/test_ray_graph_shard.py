@@ -4,6 +4,8 @@ One local Ray instance (2 CPUs) serves the whole module; failing tests get the R
 stdout/stderr attached to their report (distgnn.ray_runtime.testing)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import ray
@@ -282,3 +284,52 @@ def test_workers_take_the_partitions_held_on_their_node():
     assert [assigned_parts(g, 2, 4) for g in group] == [[1, 3], [0, 2]]
     for nodes in (["a", "b", "a"], ["b", "b", "a"], ["a", "a", "a"]):  # always a permutation
         assert sorted(node_groups(nodes, ["a", "b", "a", "b", "a"])) == [0, 1, 2]
+
+
+def test_a_partition_owning_every_node_samples_blocks_like_the_local_store(ray_cluster, tmp_path):
+    """One partition (the single-machine case): the worker's sampler takes DGL's fused path
+    (``PartitionCSC.sample_block``, D34) and keeps the contract: dst nodes first, real and
+    non-excluded in-neighbours, at most k per seed, every neighbour with k = -1, the local store's
+    CSC format, reproducible from the seed, the zero-copy mapped arrays, and counters."""
+    root1 = make_partitions(tmp_path, layouts=((1, "random"),), interactions=5000)[(1, "random")]
+    book1 = fmt.PartitionBook.from_manifest(fmt.load_manifest(root1))
+    local1 = LocalGraphStore(root1)
+    shards1 = create_graph_shards(root1, 1, timeout_s=60)
+    try:
+        sampler = DistributedNeighborSampler(shards1, book1, local_parts=[0], timeout_s=60)
+        csc = sampler.local[0]
+        assert csc.owns_all and csc.fused is not None
+        indptr_t, indices_t, _ = csc.fused.g.adj_tensors("csc")
+        assert indptr_t.data_ptr() == csc.indptr.ctypes.data  # the same mapped pages, no copy
+        assert indices_t.data_ptr() == csc.indices.ctypes.data
+        seeds = _seeds(book1, n=200, seed=3)
+        users, items = local1.train_interactions()
+        exclude = (users[:300], items[:300])
+        allowed = _local_edges(local1, seeds, -1, exclude)
+        k = 3
+        block, src_gids = sampler.sample_block(seeds, k, exclude, rng_seed=11)
+        assert "csc" in block.formats()["created"]
+        assert block.num_dst_nodes() == len(seeds) and torch.equal(src_gids[:len(seeds)], seeds)
+        assert len(torch.unique(src_gids)) == len(src_gids)
+        assert block.srcdata["_ID"].equal(src_gids) and block.dstdata["_ID"].equal(seeds)
+        u, v = block.edges()
+        got = _edge_set(src_gids[u], seeds[v])
+        assert len(got) == block.num_edges() > 0 and got <= allowed
+        assert np.bincount(v.numpy(), minlength=len(seeds)).max() <= k
+        again, src2 = sampler.sample_block(seeds, k, exclude, rng_seed=11)
+        assert torch.equal(src2, src_gids) and all(torch.equal(a, b) for a, b in zip(again.edges(), block.edges()))
+        other, other_src = sampler.sample_block(seeds, k, exclude, rng_seed=12)
+        ou, ov = other.edges()
+        assert _edge_set(other_src[ou], seeds[ov]) != got
+        full, full_src = sampler.sample_block(seeds, -1, exclude)
+        fu, fv = full.edges()
+        assert _edge_set(full_src[fu], seeds[fv]) == allowed and full.num_edges() == len(allowed)
+        c = sampler.counters()
+        assert c["remote_requests"] == 0 and c["local_seeds"] == 4 * len(seeds)
+        # the shard runs at the driver's niceness, not Ray's 15 (cluster.workload_env, D34)
+        pid = ray.get(shards1[0].info.remote())["pid"]
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert c["local_edges"] == sum(b.num_edges() for b in (block, again, other, full))
+    finally:
+        for a in shards1:
+            ray.kill(a)

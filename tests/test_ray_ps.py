@@ -417,6 +417,43 @@ def test_failed_attach_falls_back_to_calls_and_says_why(ray_cluster, parts, tmp_
         _kill(shards)
 
 
+def test_rows_of_one_mapped_partition_skip_the_routing_and_match_the_local_store(ray_cluster, parts,
+                                                                                  tmp_path):
+    """Ids that all lie in one partition whose rows are mapped (every pull and push of a
+    one-partition job's worker) are read and stepped in place without the sort by owner (D34):
+    the same rows and the same updates as the in-process store, counted as mapped local rows; ids
+    that span partitions still take the routed path."""
+    book = _book(parts[(2, "metis")])
+    shm = tmp_path / "shm"
+    shards = create_ps_shards(book, DIM, optimizer="adam", lr=0.05, seed=3, timeout_s=60, shm_dir=str(shm))
+    try:
+        store = RayEmbeddingStore(shards, book, DIM, "adam", local_parts=[0], timeout_s=60)
+        assert store.attach_local()
+        ref = LocalEmbeddingStore(book.num_nodes, DIM, optimizer="adam", lr=0.05, seed=0)
+        ref.load_state_dict(store.state_dict())
+        lo, hi = int(book.gid_start[0]), int(book.gid_end[0])
+        gen = torch.Generator().manual_seed(1)
+        for step in range(4):
+            own = torch.randperm(hi - lo, generator=gen)[:100] + lo  # unique, unsorted, partition 0
+            assert store._single_view(own) == 0
+            grads = torch.randn(len(own), DIM, generator=gen)
+            assert torch.equal(store.pull(own), ref.pull(own)), step
+            store.push(own, grads, unique=True)
+            ref.push(own, grads, unique=True)
+        both = torch.tensor([lo, hi])  # spans partitions 0 and 1: routed
+        assert store._single_view(both) is None
+        assert torch.equal(store.pull(both), ref.pull(both))
+        for name, val in ref.state_dict().items():
+            assert torch.equal(store.state_dict()[name], val), name
+        c = store.counters()
+        assert c["pull_rows_mapped"] == c["pull_rows_local"] == 4 * 100 + 1
+        assert c["push_rows_mapped"] == c["push_rows_local"] == 4 * 100
+        assert c["pull_calls"] == 5 and c["push_calls"] == 4 and c["pull_rows_remote"] == 1
+    finally:
+        ray.get([s.close.remote() for s in shards])
+        _kill(shards)
+
+
 def test_learning_rate_reaches_every_shard(ray_cluster, parts):
     """lr_decay: the trainer sets emb.lr every epoch; the shards must apply it."""
     book = _book(parts[(2, "metis")])

@@ -73,6 +73,8 @@ def test_two_workers_train_end_to_end(uninterrupted, capsys):
     # own-partition rows went through the shard's shared memory, not calls; none left behind
     assert traffic["pull_rows_mapped"] == traffic["pull_rows_local"] > 0
     assert traffic["push_rows_mapped"] == traffic["push_rows_local"] > 0
+    # workers at the driver's niceness, not Ray's 15 (cluster.workload_env, D34)
+    assert {r["niceness"] for r in train} == {os.nice(0)}
     # (other jobs on this machine may have their own /dev/shm/distgnn-* directories: look for
     # files of this run's shards, named by their pids, recorded in the run's layout)
     pids = {s["pid"] for s in faults.read_layout(run)["ps"]}

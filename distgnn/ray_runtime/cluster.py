@@ -113,6 +113,20 @@ def worker_env() -> dict[str, str]:
     return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", WORKER_MALLOC_ARENA_MAX)}
 
 
+def workload_env() -> dict[str, str]:
+    """Environment variables of the job's own workload processes: the training workers and the
+    graph and parameter-server shards they wait on (their ``runtime_env``).
+
+    Ray lowers every worker process it starts to niceness 15 (its ``worker_niceness`` setting),
+    below the driver, the raylet and every other user's process. On a shared machine the training
+    worker then got a small fraction of the cores any nice-0 process competed for: with another
+    training job on the same 2 cores, the Ray worker of ``bench overhead`` ran at a fifth of the
+    local trainer's speed, and on a quiet machine it lost a few percent to Ray's own processes
+    (docs/architecture.md D34). ``RAY_worker_niceness=0`` keeps these processes at the niceness the
+    cluster was started with, as Ray's own job supervisor does; Ray's helper actors keep 15."""
+    return {"RAY_worker_niceness": "0"}
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
             timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, log_to_driver: bool = True,
             namespace: str = "distgnn", object_store_memory: int | None = None) -> dict:

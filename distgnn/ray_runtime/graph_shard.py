@@ -18,10 +18,13 @@ edges). A trainer whose mapped CSC object was lost with its owner fetches the ne
 owner, sends one request per remote partition first, samples the local part from the mapped
 arrays meanwhile, then waits (with a deadline) and merges. Exclusion follows
 ``LocalGraphStore.sample_block``: the edges of the given (user, item) interactions, in both
-directions, are never sampled. ``RayGraphStore`` wraps it in the ``GraphStore`` interface.
+directions, are never sampled. ``RayGraphStore`` wraps it in the ``GraphStore`` interface. A
+partition that owns every node (one-partition directory) has no remote seeds and is sampled with
+DGL's fused sampler straight into a block, as the local store is (docs/architecture.md D34).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -33,9 +36,10 @@ import torch
 
 from distgnn import format as fmt
 from distgnn.errors import UserError
-from distgnn.graph_store import GraphStore, Interactions
+from distgnn.graph_store import FusedSampler, GraphStore, Interactions
 from distgnn.errors import RayCallError
-from distgnn.ray_runtime.cluster import DEFAULT_CALL_TIMEOUT_S, actor_restarts, get_with_deadline, placement_options
+from distgnn.ray_runtime.cluster import (DEFAULT_CALL_TIMEOUT_S, actor_restarts, get_with_deadline,
+                                         placement_options, workload_env)
 
 ETYPE = ("src", "e", "dst")
 
@@ -48,6 +52,34 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
 
 def part_seed(rng_seed: int, part_id: int) -> int:
     return (int(rng_seed) * 1_000_003 + int(part_id) * 7919 + 1) % (2 ** 31 - 1)
+
+
+def _np64(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A flat int64 numpy array of ids given as a tensor or an array."""
+    return np.asarray(x.cpu().numpy() if torch.is_tensor(x) else x, dtype=np.int64).reshape(-1)
+
+
+def _draw_seed(rng_seed: int | None) -> int:
+    """``rng_seed``, or one drawn from torch's global generator (a trainer that seeds torch per
+    step then samples reproducibly)."""
+    return int(torch.randint(0, 2 ** 31 - 1, (1,)).item()) if rng_seed is None else int(rng_seed)
+
+
+@contextlib.contextmanager
+def _seeded(rng_seed: int | None):
+    """DGL's random engine of this thread seeded with ``rng_seed`` and its OpenMP at one thread
+    while sampling (DGL's per-thread RNGs: one thread makes a seed reproducible); no seed: as is."""
+    import dgl
+    from dgl.utils import get_num_threads, set_num_threads
+
+    threads = get_num_threads()
+    if rng_seed is not None:
+        dgl.seed(int(rng_seed))
+        set_num_threads(1)
+    try:
+        yield
+    finally:
+        set_num_threads(threads)
 
 
 class PartitionCSC:
@@ -64,9 +96,15 @@ class PartitionCSC:
         if len(indptr) != n_owned + 1:
             raise ValueError(f"indptr has {len(indptr)} entries for {n_owned} owned nodes")
         # zero-copy: DGL's CSC keeps pointers to these arrays (checked in the tests)
-        self.g = dgl.heterograph(
-            {ETYPE: ("csc", (_tensor(indptr), _tensor(indices), torch.empty(0, dtype=torch.int64)))},
-            num_nodes_dict={"src": self.num_nodes, "dst": n_owned}, idtype=torch.int64)
+        csc = (_tensor(indptr), _tensor(indices), torch.empty(0, dtype=torch.int64))
+        self.g = dgl.heterograph({ETYPE: ("csc", csc)},
+                                 num_nodes_dict={"src": self.num_nodes, "dst": n_owned}, idtype=torch.int64)
+        # A partition that owns every node (a one-partition directory) is also a homogeneous graph
+        # over the gid space, on the same arrays: sampled by DGL's fused sampler like the local
+        # store (``sample_block``, D34). Its scratch is sized by the node count, which such a
+        # partition's CSC exceeds anyway; no other partition gets one (D28).
+        self.fused = (FusedSampler(dgl.graph(("csc", csc), num_nodes=self.num_nodes, idtype=torch.int64))
+                      if self.owns_all else None)
 
     @classmethod
     def from_edges(cls, part_id: int, book: fmt.PartitionBook, src_gid: np.ndarray,
@@ -97,6 +135,11 @@ class PartitionCSC:
     @property
     def num_edges(self) -> int:
         return len(self.indices)
+
+    @property
+    def owns_all(self) -> bool:
+        """Whether this partition owns every node of the graph (then no seed is ever remote)."""
+        return self.gid_start == 0 and self.gid_end == self.num_nodes
 
     def owns(self, gid: np.ndarray) -> np.ndarray:
         return (gid >= self.gid_start) & (gid < self.gid_end)
@@ -166,21 +209,32 @@ class PartitionCSC:
             offs = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
             pos = np.arange(total, dtype=np.int64) + offs
             return np.array(self.indices[pos]), np.repeat(seeds, counts)
-        from dgl.utils import get_num_threads, set_num_threads
-
-        threads = get_num_threads()
-        if rng_seed is not None:
-            dgl.seed(int(rng_seed))
-            set_num_threads(1)  # DGL's per-thread RNGs: one thread makes a seed reproducible
-        try:
+        with _seeded(rng_seed):
             sg = dgl.sampling.sample_neighbors(
                 self.g, {"dst": torch.from_numpy(local)}, int(fanout), replace=False,
                 exclude_edges=None if eids is None else {ETYPE: torch.from_numpy(eids)},
                 copy_ndata=False, copy_edata=False)
-        finally:
-            set_num_threads(threads)
         s, d = sg.edges(etype=ETYPE)
         return s.numpy(), d.numpy() + self.gid_start
+
+    def sample_block(self, seeds: torch.Tensor, fanout: int, exclude_users: np.ndarray | None = None,
+                     exclude_items: np.ndarray | None = None, rng_seed: int | None = None):
+        """``sample`` as a DGL block in one step, for a partition that ``owns_all``: DGL's fused
+        sampler numbers the nodes and builds the CSC itself, as for the local store, instead of
+        ``sample`` followed by ``edges_to_block`` (``to_block`` over a COO graph of the edges,
+        whose CSC GATConv then builds on the training thread). Same contract and exclusion as
+        ``DistributedNeighborSampler.sample_block``; the draws differ from ``sample``'s but are
+        as reproducible (a function of ``rng_seed``). Returns ``(block, src_gids)``."""
+        import dgl
+
+        if self.fused is None:
+            raise ValueError(f"partition {self.part_id} does not own every node: use sample()")
+        eids = None
+        if exclude_users is not None and len(exclude_users):
+            eids = torch.from_numpy(self.exclude_eids(exclude_users, exclude_items))
+        with _seeded(rng_seed):
+            block = self.fused.sample(seeds, int(fanout), eids)
+        return block, block.srcdata[dgl.NID]
 
 
 class CSCInteractions(Interactions):
@@ -313,7 +367,7 @@ def create_graph_shards(root: str | Path, num_parts: int,
     root = str(Path(root).resolve())
     shards = []
     for p in range(num_parts):
-        opts: dict[str, Any] = {"num_cpus": num_cpus}
+        opts: dict[str, Any] = {"num_cpus": num_cpus, "runtime_env": {"env_vars": workload_env()}}
         if scheduling_strategies is not None and scheduling_strategies[p] is not None:
             opts.update(placement_options(scheduling_strategies[p]))
         shards.append(GraphShard.options(**opts).remote(root, p))
@@ -384,18 +438,13 @@ class DistributedNeighborSampler:
         ``exclude``: (user_gid, item_gid) interactions whose edges (both directions) are never
         sampled. ``rng_seed``: makes the draw reproducible; by default one is drawn from torch's
         global generator, so a trainer that seeds torch per step gets reproducible samples."""
-        seeds = np.asarray(seeds_gid.cpu().numpy() if torch.is_tensor(seeds_gid) else seeds_gid,
-                           dtype=np.int64).reshape(-1)
+        seeds = self._checked_seeds(seeds_gid)
         self._ensure_local()
-        if rng_seed is None:
-            rng_seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+        rng_seed = _draw_seed(rng_seed)
         parts = self.book.part_of(seeds)
-        if len(seeds) and (seeds.min() < 0 or seeds.max() >= self.book.num_nodes):
-            raise ValueError(f"seed gids must be in [0, {self.book.num_nodes})")
         ex_u = ex_i = ex_pu = ex_pi = None
         if exclude is not None:
-            ex_u = np.asarray(exclude[0].cpu().numpy() if torch.is_tensor(exclude[0]) else exclude[0], np.int64)
-            ex_i = np.asarray(exclude[1].cpu().numpy() if torch.is_tensor(exclude[1]) else exclude[1], np.int64)
+            ex_u, ex_i = _np64(exclude[0]), _np64(exclude[1])
             ex_pu, ex_pi = self.book.part_of(ex_u), self.book.part_of(ex_i)
         present = np.unique(parts)
         # 1. remote requests first, one per remote partition
@@ -446,6 +495,12 @@ class DistributedNeighborSampler:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
         return torch.from_numpy(np.concatenate(srcs)), torch.from_numpy(np.concatenate(dsts))
 
+    def _checked_seeds(self, seeds_gid: torch.Tensor | np.ndarray) -> np.ndarray:
+        seeds = _np64(seeds_gid)
+        if len(seeds) and (seeds.min() < 0 or seeds.max() >= self.book.num_nodes):
+            raise ValueError(f"seed gids must be in [0, {self.book.num_nodes})")
+        return seeds
+
     def degrees(self, gids: torch.Tensor | np.ndarray) -> np.ndarray:
         """In-degree of each gid (any order, repeats allowed) from its owning partition.
 
@@ -490,9 +545,26 @@ class DistributedNeighborSampler:
                      rng_seed: int | None = None):
         """``GraphStore.sample_block``'s contract: a DGL block whose dst nodes are ``seed_gids``
         (unique, in order) and whose src nodes are the seeds followed by the other sampled
-        sources; returns ``(block, src_gids)``."""
-        src, dst = self.sample_neighbors(seed_gids, fanout, exclude, rng_seed)
-        return edges_to_block(seed_gids, src, dst, self.book.num_nodes)
+        sources; returns ``(block, src_gids)``.
+
+        When one local partition owns every node (a one-partition directory), no seed can be
+        remote and DGL's fused sampler builds the block from its CSC directly, as the local store
+        does (``PartitionCSC.sample_block``, D34); otherwise the hop's edges are gathered from the
+        partitions (``sample_neighbors``) and numbered by ``edges_to_block``."""
+        self._ensure_local()
+        whole = next((c for c in self.local.values() if c.owns_all), None)
+        if whole is None:
+            src, dst = self.sample_neighbors(seed_gids, fanout, exclude, rng_seed)
+            return edges_to_block(seed_gids, src, dst, self.book.num_nodes)
+        seeds = torch.from_numpy(self._checked_seeds(seed_gids))
+        rng_seed = _draw_seed(rng_seed)
+        t = time.perf_counter()
+        ex = (None, None) if exclude is None else (_np64(exclude[0]), _np64(exclude[1]))
+        block, src = whole.sample_block(seeds, fanout, *ex, part_seed(rng_seed, whole.part_id))
+        self._counters["local_seeds"] += len(seeds)
+        self._counters["local_edges"] += block.num_edges()
+        self._counters["sample_local_s"] += time.perf_counter() - t
+        return block, src
 
 
 def edges_to_block(seed_gids: torch.Tensor, src_gid: torch.Tensor, dst_gid: torch.Tensor,

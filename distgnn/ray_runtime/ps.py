@@ -61,7 +61,7 @@ from distgnn import format as fmt
 from distgnn.embedding_store import EmbeddingStore, LocalEmbeddingStore, OPTIMIZERS
 from distgnn.errors import RayCallError, StaleGenerationError, UserError
 from distgnn.ray_runtime.cluster import (DEFAULT_CALL_TIMEOUT_S, actor_restarts, get_with_deadline,
-                                         placement_options, wait_ready)
+                                         placement_options, wait_ready, workload_env)
 
 ID_BYTES = 8
 VALUE_BYTES = 4
@@ -390,8 +390,7 @@ def create_ps_shards(book: fmt.PartitionBook, dim: int, optimizer: str = "adam",
         opts: dict[str, Any] = {"num_cpus": num_cpus}
         if scheduling_strategies is not None and scheduling_strategies[p] is not None:
             opts.update(placement_options(scheduling_strategies[p]))
-        if test_env:
-            opts["runtime_env"] = {"env_vars": test_env}
+        opts["runtime_env"] = {"env_vars": {**workload_env(), **test_env}}
         shards.append(PSShard.options(**opts).remote(
             p, int(book.gid_start[p]), int(book.gid_end[p]), dim, optimizer=optimizer, lr=lr,
             init_std=init_std, betas=betas, eps=eps, seed=seed,
@@ -604,8 +603,32 @@ class RayEmbeddingStore(EmbeddingStore):
             self._counters["wait_s"] += time.perf_counter() - t
 
     # --- pull / push ----------------------------------------------------------------------
+    def _single_view(self, gids: torch.Tensor) -> int | None:
+        """The partition whose mapped rows hold every one of ``gids``, if there is one.
+
+        Then a pull or push is the in-process store's: one ``index_select`` or in-place step on
+        the mapped rows, without the sort by owner that routing needs (``np.unique`` and the
+        gathers around it cost 5x the row copy: 0.3-0.5 s against 0.06 s per 50 Gowalla steps,
+        D34). Always the case for a worker whose partitions' rows are all mapped and all asked
+        for, e.g. the only worker of a one-partition job."""
+        if not self._views or len(gids) == 0:
+            return None
+        lo, hi = int(gids.min()), int(gids.max())
+        p = int(self.book.part_of(np.array([lo]))[0])
+        if p in self._views and hi < int(self.book.gid_end[p]) and lo >= 0:
+            return p
+        return None
+
     def pull(self, gids: torch.Tensor) -> torch.Tensor:
-        g = gids.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
+        gids = gids.detach().cpu().reshape(-1).to(torch.int64)
+        p = self._single_view(gids)
+        if p is not None:  # rows counted as asked for (the trainer's ids are unique)
+            view, _, start = self._views[p]
+            self._count("pull", p, len(gids))
+            self._counters["pull_rows_mapped"] += len(gids)
+            self._counters["pull_calls"] += 1
+            return view.pull(gids - start)
+        g = gids.numpy()
         uniq, inverse = np.unique(g, return_inverse=True)
         runs = self._split(uniq)
         mapped = [r for r in runs if r[0] in self._views]
@@ -639,6 +662,15 @@ class RayEmbeddingStore(EmbeddingStore):
     def _push(self, gids: torch.Tensor, grads: torch.Tensor, unique: bool = False) -> None:
         gids = gids.detach().cpu().reshape(-1).to(torch.int64)
         grads = grads.detach().cpu().to(torch.float32)
+        p = self._single_view(gids) if unique else None
+        if p is not None:  # in place, atomic with the shard's pushes; no sort (rows are unique)
+            view, lock, start = self._views[p]
+            with lock:
+                view.push(gids - start, grads, unique=True)
+            self._count("push", p, len(gids))
+            self._counters["push_rows_mapped"] += len(gids)
+            self._counters["push_calls"] += 1
+            return
         if not unique:
             gids, inverse = torch.unique(gids, return_inverse=True)
             summed = torch.zeros(len(gids), self.dim, dtype=torch.float32)

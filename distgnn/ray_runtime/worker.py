@@ -43,7 +43,8 @@ weights go through DDP (gloo on CPU, nccl on GPU, set up by Ray Train).
   ``distgnn.stages.process_memory``), ``cpu_seconds`` (CPU time of all its threads so far: on
   an oversubscribed machine it still measures the work, where wall time measures the wait too) and
   ``compute_cpu_seconds`` (the training thread's CPU time in forward, backward and dense step so
-  far, ``Trainer.compute_cpu_seconds``).
+  far, ``Trainer.compute_cpu_seconds``) and ``niceness`` (the cluster's, not Ray's 15:
+  ``cluster.workload_env``).
   The driver reads the last record of each rank for its per-process memory report.
 """
 from __future__ import annotations
@@ -314,7 +315,8 @@ class RayTrainRuntime(Runtime):
                 "traffic": {**sampler, **self.emb.counters()}, "pid": mem["pid"], "node_id": self._node_id,
                 "peak_rss_bytes": mem["peak_rss_bytes"],
                 "cpu_seconds": round(time.process_time(), 3),
-                "compute_cpu_seconds": round(getattr(self.trainer, "compute_cpu_seconds", 0.0), 4)}
+                "compute_cpu_seconds": round(getattr(self.trainer, "compute_cpu_seconds", 0.0), 4),
+                "niceness": os.nice(0)}
 
     def barrier(self, what: str) -> None:
         import torch.distributed as dist
