@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Partition the input into one part, train the same config for --steps steps with "
                     "the local backend and with the Ray backend on one worker, and print both "
                     "throughputs and their ratio (target: Ray >= 0.95x local, issue #12).",
-        epilog="example: distgnn bench overhead --config configs/gowalla_gat.yaml "
+        epilog="example: distgnn bench overhead --config configs/bench_gat.yaml "
                "--train ../shared/data/gowalla/train.parquet --steps 60")
     p.add_argument("--config", required=True, metavar="CFG", help="training config")
     p.add_argument("--train", required=True, metavar="PATH", help="training interactions")

@@ -203,6 +203,14 @@ def run(args: argparse.Namespace) -> int:
     if args.steps <= 0 or args.warmup < 0:
         raise UserError("--steps must be > 0 and --warmup >= 0")
     cfg = load_config(args.config, args.overrides, args.partitions)
+    if cfg.train.loss != "bpr" or cfg.train.shared_negatives or cfg.model.score != "dot":
+        # the reference is BPR over dot products with k negatives per positive: another loss or a
+        # shared pool of 1,024 negatives would compare unlike work (and draw 1,024 per positive there)
+        raise UserError(f"bench train compares against a plain DGL loop with BPR, dot-product scores "
+                        f"and negatives per positive, but the config has loss {cfg.train.loss!r}, "
+                        f"score {cfg.model.score!r}, shared_negatives {cfg.train.shared_negatives}; "
+                        f"use configs/bench_gat.yaml or --set train.loss=bpr --set model.score=dot "
+                        f"--set train.shared_negatives=false")
     from distgnn.commands import set_threads
     set_threads(cfg.train.threads)
     import torch
