@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -148,6 +149,16 @@ def test_process_report_survives_a_dead_shard(ray_cluster, tmp_path):
     alive, dead = Shard.remote(), Shard.remote()
     ray.get([alive.__ray_ready__.remote(), dead.__ray_ready__.remote()], timeout=60)
     ray.kill(dead)
+    # ray.kill is asynchronous: a call sent right after it can still be served (a flake in CI),
+    # so wait, with a deadline, until the actor is gone
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ray.get(dead.__ray_ready__.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            break
+        assert time.monotonic() < deadline, "the killed actor still answers after 60 s"
+        time.sleep(0.2)
     rec = process_report(tmp_path, [alive, dead], [], timeout_s=20)
     assert [g["part_id"] for g in rec["graph_shards"]] == [0]
     assert len(rec["missing"]) == 1 and "GraphShard 1" in rec["missing"][0]
