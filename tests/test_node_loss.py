@@ -101,6 +101,13 @@ class NodeKiller(threading.Thread):
                 os.kill(pid, signal.SIGSTOP)
         try:
             self.cluster.remove_node(nodes[self.victim], allow_graceful=False)
+            # a simulated node's worker exits only once it notices its raylet is gone, and a
+            # paused one would run on after SIGCONT (a CI run saw it finish the epoch): a lost
+            # machine takes its processes with it, so kill the victim's ranks outright
+            for r in layout["ranks"]:
+                if r["node_id"] == self.victim:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(r["pid"], signal.SIGKILL)
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
