@@ -308,6 +308,22 @@ def _tail(p: Path, n: int = 40) -> str:
     return "\n".join(p.read_text(errors="replace").splitlines()[-n:]) if p.is_file() else ""
 
 
+MARKER = ".distgnn-multihost"
+
+
+def claim_workdir(workdir: Path) -> None:
+    """Make ``workdir`` ours, or refuse: each run deletes the hosts' scratch directories and the
+    earlier runs under it, so it must never be a directory holding someone else's files. A new or
+    empty directory gets our marker; one that has the marker is an earlier run's."""
+    if workdir.exists() and not workdir.is_dir():
+        raise CannotRun(f"--workdir {workdir} is a file; give a new or empty directory")
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / MARKER).is_file():
+        raise CannotRun(f"--workdir {workdir} holds files launch.multihost did not write (no {MARKER}); "
+                        f"give a new or empty directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(workdir / MARKER, "written by python -m launch.multihost; safe to delete with this directory\n")
+
+
 def run(workdir: Path, interactions: int) -> dict[str, Any]:
     from distgnn import checkpoint as ckpt
     from distgnn import format as fmt
@@ -316,6 +332,7 @@ def run(workdir: Path, interactions: int) -> dict[str, Any]:
     from distgnn.ray_runtime.worker import steps_per_epoch
 
     workdir = workdir.resolve()
+    claim_workdir(workdir)
     shared = workdir / "shared"
     shared.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(32)
@@ -480,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interactions", type=int, default=200_000, help="generated interactions (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
+    if args.interactions < 20_000:
+        ap.error(f"--interactions {args.interactions} is too few for an epoch long enough to lose a "
+                 f"host in; give at least 20000")
     try:
         if os.geteuid() != 0:
             raise CannotRun("it needs root (namespaces, mounts, veth); run it as root or with sudo")

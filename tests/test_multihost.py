@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,22 @@ def test_missing_tools_are_one_line_and_exit_2(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("launch.multihost: error: cannot build the hosts here:"), lines
     assert "Traceback" not in p.stderr and not (tmp_path / "mh").exists()
+
+
+def test_a_workdir_with_someone_elses_files_is_refused_and_left_alone(tmp_path):
+    from launch.multihost import CannotRun, claim_workdir
+
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(CannotRun, match="did not write"):
+        claim_workdir(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "user data" and len(list(tmp_path.iterdir())) == 1
+    new = tmp_path / "new"
+    claim_workdir(new)
+    claim_workdir(new)  # an earlier run's directory is ours
+    assert (new / ".distgnn-multihost").is_file()
+
+
+def test_too_few_interactions_is_one_line_and_exit_2(tmp_path):
+    p = _run("--workdir", str(tmp_path / "mh"), "--interactions", "10")
+    assert p.returncode == 2 and "--interactions 10 is too few" in p.stderr, p.stderr
+    assert not (tmp_path / "mh").exists()
